@@ -1,0 +1,250 @@
+"""Probe or decode a video in a child process, so a decoder that crashes or hangs cannot take the caller down.
+
+Native decoders (decord, FFmpeg behind PyAV) can segfault, abort or loop forever on corrupt files.
+`longrl.video.decode` runs this file as a script in a fresh interpreter, with a timeout:
+
+    python longrl/video/probe.py probe  --backend decord|pyav PATH
+    python longrl/video/probe.py decode --backend decord|pyav --indices 0,5,9 --out FRAMES.npz PATH
+
+`probe` prints one JSON line: {"ok": true, "backend", "num_frames", "fps", "width", "height"} or
+{"ok": false, "reason": "..."}. It opens the file, reads the frame count and rate, and decodes the first and
+the last frame (a file cut short usually fails there). `decode` writes the requested frames to an .npz file
+(used when the caller asks for fully isolated decoding) and prints the same kind of JSON line.
+
+This file imports only the standard library, numpy and the decoder (never torch or the rest of longrl), so the
+child starts in a fraction of a second. It is run by path, not with `-m`, for the same reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class Unusable(Exception):
+    """A reason, in words, why the file cannot be used (reported to the parent as {"ok": false})."""
+
+
+# decord prefixes messages with "[12:57:04] /path/to/video_reader.cc:151: " (time and C++ source location).
+_DECORD_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] [^ ]+:\d+: ")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line from a decoder exception (decord's messages carry a multi-line C++ trace)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    # decord puts the useful line last, after the C++ stack.
+    return _DECORD_PREFIX.sub("", lines[-1])
+
+
+# ----------------------------------------------------------------------------------------------------- decord
+
+
+# decord's C++ messages -> what they mean for the user.
+_DECORD_MEANINGS = [
+    ("cannot find video stream", "the file holds no video stream"),
+    ("Cannot create buffer source", "its video stream has unreadable codec parameters (corrupt)"),
+    ("av_read_frame failed", "reading the file failed (truncated or corrupt)"),
+    ("Error reading", "not a video it can read (corrupt, truncated or not a video at all)"),
+]
+
+
+def _open_decord(path: str):
+    import decord
+
+    try:
+        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    except Exception as exc:  # decord raises RuntimeError / DECORDError with C++ text
+        detail = describe_error(exc)
+        meaning = next((text for key, text in _DECORD_MEANINGS if key in detail), None)
+        if meaning is None:
+            raise Unusable(f"decord cannot open the file ({detail})") from exc
+        raise Unusable(f"decord cannot open the file: {meaning}") from exc
+
+
+def probe_decord(path: str) -> dict:
+    """Metadata of `path` from decord, after decoding its first and last frame."""
+    reader = _open_decord(path)
+    num_frames = len(reader)
+    if num_frames <= 0:
+        raise Unusable("the video stream holds no frames")
+    fps = float(reader.get_avg_fps())
+    if not math.isfinite(fps) or fps <= 0:
+        raise Unusable(f"the video stream has no usable frame rate ({fps})")
+    try:
+        first = reader[0].asnumpy()
+        reader[num_frames - 1].asnumpy()
+    except Exception as exc:
+        raise Unusable(
+            f"decord cannot decode the first and last of its {num_frames} frames; the file is truncated or "
+            f"corrupt ({describe_error(exc)})"
+        ) from exc
+    return {"num_frames": num_frames, "fps": fps, "height": int(first.shape[0]), "width": int(first.shape[1])}
+
+
+def decode_decord(path: str, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Frames at sorted unique `indices` -> (uint8 [N, H, W, 3], float64 seconds [N]) with decord."""
+    reader = _open_decord(path)
+    frames = reader.get_batch(list(indices)).asnumpy()
+    # get_frame_timestamp gives [start, end] seconds of each frame; the start is the frame's timestamp.
+    stamps = np.asarray(reader.get_frame_timestamp(list(indices)), dtype=np.float64).reshape(-1, 2)[:, 0]
+    return np.ascontiguousarray(frames, dtype=np.uint8), stamps
+
+
+# ------------------------------------------------------------------------------------------------------- PyAV
+
+
+def _open_pyav(path: str):
+    import av
+
+    try:
+        container = av.open(path)
+    except Exception as exc:
+        raise Unusable(f"FFmpeg cannot open the file ({describe_error(exc)})") from exc
+    if not container.streams.video:
+        container.close()
+        raise Unusable("the file holds no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _stream_fps(stream) -> float:
+    rate = stream.average_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def _stream_origin(stream) -> int:
+    """The pts that counts as time zero (the stream's start time, 0 when unknown)."""
+    return stream.start_time if stream.start_time is not None else 0
+
+
+def probe_pyav(path: str) -> dict:
+    """Metadata of `path` from PyAV, after decoding its first frame and the frames after its last keyframe."""
+    container, stream = _open_pyav(path)
+    with container:
+        fps = _stream_fps(stream)
+        num_frames = stream.frames
+        if num_frames <= 0:
+            # Containers without a frame count in the header (mkv, webm, ts): count packets, no decoding.
+            num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+    if not math.isfinite(fps) or fps <= 0:
+        raise Unusable("the video stream has no usable frame rate")
+    if num_frames <= 0:
+        raise Unusable("the video stream holds no frames")
+    container, stream = _open_pyav(path)
+    with container:
+        try:
+            first = next(container.decode(stream), None)
+        except Exception as exc:
+            raise Unusable(f"FFmpeg cannot decode the first frame ({describe_error(exc)})") from exc
+        if first is None:
+            raise Unusable(f"none of the {num_frames} frames the header lists can be decoded")
+        width, height = first.width, first.height
+        # The end of the file: seek to the keyframe before the last frame and decode to the end.
+        decoded_at_end = 0
+        last_pts = None
+        try:
+            target = _stream_origin(stream) + round((num_frames - 1) / fps / float(stream.time_base))
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                decoded_at_end += 1
+                last_pts = frame.pts if frame.pts is not None else last_pts
+        except Exception as exc:
+            raise Unusable(
+                "FFmpeg cannot decode the end of the video; the file is truncated or corrupt "
+                f"({describe_error(exc)})"
+            ) from exc
+        if decoded_at_end == 0:
+            raise Unusable("FFmpeg cannot decode the end of the video; the file is truncated or corrupt")
+        expected_s = (num_frames - 1) / fps
+        last_s = (
+            expected_s if last_pts is None else float((last_pts - _stream_origin(stream)) * stream.time_base)
+        )
+        # Slack for variable frame rate, where (n - 1) / average fps is only close to the last timestamp.
+        if last_s < expected_s - max(2.0 / fps, 0.02 * expected_s):
+            raise Unusable(
+                f"the last decodable frame is at {last_s:.3f} s but the header lists {num_frames} frames "
+                f"({expected_s:.3f} s); the file is truncated"
+            )
+    return {"num_frames": int(num_frames), "fps": fps, "height": int(height), "width": int(width)}
+
+
+def decode_pyav(path: str, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Frames at sorted unique `indices` -> (uint8 [N, H, W, 3], float64 seconds [N]) with PyAV.
+
+    Decodes sequentially from the start and counts frames in presentation order, so frame i is exactly the
+    i-th frame whatever the timestamps are (variable frame rate included). The cost grows with the position of
+    the last requested frame; decord, the default backend, seeks instead.
+    """
+    wanted = list(indices)
+    frames: list[np.ndarray] = []
+    stamps: list[float] = []
+    container, stream = _open_pyav(path)
+    with container:
+        origin = _stream_origin(stream)
+        position = 0
+        cursor = 0
+        decoded = 0
+        for frame in container.decode(stream):
+            decoded += 1
+            while cursor < len(wanted) and wanted[cursor] == position:
+                frames.append(frame.to_ndarray(format="rgb24"))
+                pts = frame.pts if frame.pts is not None else position
+                stamps.append(float((pts - origin) * stream.time_base))
+                cursor += 1
+            position += 1
+            if cursor == len(wanted):
+                break
+    if cursor < len(wanted):
+        raise Unusable(
+            f"only {decoded} frames can be decoded but frame {wanted[cursor]} was requested; the file is "
+            "truncated or corrupt"
+        )
+    return np.stack(frames).astype(np.uint8, copy=False), np.asarray(stamps, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------------ child entry
+
+PROBERS = {"decord": probe_decord, "pyav": probe_pyav}
+DECODERS = {"decord": decode_decord, "pyav": decode_pyav}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Probe or decode one video (run in a child process).")
+    parser.add_argument("command", choices=["probe", "decode"])
+    parser.add_argument("path")
+    parser.add_argument("--backend", choices=sorted(PROBERS), required=True)
+    parser.add_argument("--indices", default="", help="comma-separated sorted frame indices (decode)")
+    parser.add_argument("--out", default="", help="where decode writes frames and timestamps (.npz)")
+    args = parser.parse_args(argv)
+    # Run by path, this folder is sys.path[0]: drop it so its modules (decode.py, load.py...) shadow nothing.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    try:
+        if args.command == "probe":
+            result = {"ok": True, "backend": args.backend, **PROBERS[args.backend](args.path)}
+        else:
+            indices = [int(i) for i in args.indices.split(",") if i]
+            frames, stamps = DECODERS[args.backend](args.path, indices)
+            np.savez(args.out, frames=frames, timestamps=stamps)
+            result = {"ok": True, "backend": args.backend}
+    except Unusable as exc:
+        result = {"ok": False, "reason": str(exc)}
+    except Exception as exc:  # any other decoder error is still a property of the file
+        result = {"ok": False, "reason": f"{args.backend} failed ({describe_error(exc)})"}
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
