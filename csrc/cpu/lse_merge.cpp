@@ -32,10 +32,15 @@ void lse_merge_rows(float* out, float* lse, const scalar_t* block_out, const flo
         lse[r] = b;
         continue;
       }
+      // Weights as ratios of the shifted exponentials, not exp(a - merged): the merged lse is rounded to
+      // float32 (an ulp of 1e-3 at |lse| = 1e4), which would put that error into the weights.
       const float m = std::max(a, b);
-      const float merged = m + std::log(std::exp(a - m) + std::exp(b - m));
-      const float wa = std::exp(a - merged);
-      const float wb = std::exp(b - merged);
+      const float ea = std::exp(a - m);
+      const float eb = std::exp(b - m);
+      const float sum = ea + eb;
+      const float merged = m + std::log(sum);
+      const float wa = ea / sum;
+      const float wb = eb / sum;
       for (int64_t d = 0; d < dim; ++d) o[d] = o[d] * wa + static_cast<float>(bo[d]) * wb;
       lse[r] = merged;
     }

@@ -3,6 +3,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
+
 #include "cuda/lse_merge.h"
 
 namespace longrl {
@@ -14,7 +16,9 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 
 constexpr int kWarpsPerBlock = 8;
 
-template <typename T>
+// kVec4: float rows moved as float4 (16-byte loads/stores); only when D % 4 == 0 and both row pointers are
+// 16-byte aligned (a contiguous view with a storage offset need not be).
+template <typename T, bool kVec4>
 __global__ void lse_merge_kernel(float* __restrict__ out, float* __restrict__ lse, const T* __restrict__ block_out,
                                  const float* __restrict__ block_lse, int64_t rows, int64_t dim) {
   const int lane = threadIdx.x;
@@ -31,28 +35,30 @@ __global__ void lse_merge_kernel(float* __restrict__ out, float* __restrict__ ls
     if (lane == 0) lse[row] = b;
     return;
   }
+  // Weights as ratios of the shifted exponentials (not exp(a - merged)): no float32 rounding of the merged
+  // lse leaks into them, which matters at large |lse|.
   const float m = fmaxf(a, b);
-  const float merged = m + logf(expf(a - m) + expf(b - m));
-  const float wa = expf(a - merged);
-  const float wb = expf(b - merged);
-  if constexpr (sizeof(T) == 4) {
-    if ((dim & 3) == 0) {  // float4 path: 16-byte loads and stores
-      float4* o4 = reinterpret_cast<float4*>(o);
-      const float4* b4 = reinterpret_cast<const float4*>(bo);
-      for (int64_t d = lane; d < dim / 4; d += 32) {
-        float4 x = o4[d];
-        const float4 y = b4[d];
-        x.x = x.x * wa + y.x * wb;
-        x.y = x.y * wa + y.y * wb;
-        x.z = x.z * wa + y.z * wb;
-        x.w = x.w * wa + y.w * wb;
-        o4[d] = x;
-      }
-      if (lane == 0) lse[row] = merged;
-      return;
+  const float ea = expf(a - m);
+  const float eb = expf(b - m);
+  const float sum = ea + eb;
+  const float merged = m + logf(sum);
+  const float wa = ea / sum;
+  const float wb = eb / sum;
+  if constexpr (kVec4) {
+    float4* o4 = reinterpret_cast<float4*>(o);
+    const float4* b4 = reinterpret_cast<const float4*>(bo);
+    for (int64_t d = lane; d < dim / 4; d += 32) {
+      float4 x = o4[d];
+      const float4 y = b4[d];
+      x.x = x.x * wa + y.x * wb;
+      x.y = x.y * wa + y.y * wb;
+      x.z = x.z * wa + y.z * wb;
+      x.w = x.w * wa + y.w * wb;
+      o4[d] = x;
     }
+  } else {
+    for (int64_t d = lane; d < dim; d += 32) o[d] = o[d] * wa + to_float(bo[d]) * wb;
   }
-  for (int64_t d = lane; d < dim; d += 32) o[d] = o[d] * wa + to_float(bo[d]) * wb;
   if (lane == 0) lse[row] = merged;
 }
 
@@ -62,7 +68,14 @@ cudaError_t launch(float* out, float* lse, const void* block_out, const float* b
   if (rows == 0) return cudaSuccess;
   const dim3 block(32, kWarpsPerBlock);
   const dim3 grid(static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock));
-  lse_merge_kernel<T><<<grid, block, 0, stream>>>(out, lse, static_cast<const T*>(block_out), block_lse, rows, dim);
+  const bool aligned = ((reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(block_out)) & 15) == 0;
+  if (sizeof(T) == 4 && (dim & 3) == 0 && aligned) {
+    lse_merge_kernel<T, sizeof(T) == 4><<<grid, block, 0, stream>>>(out, lse, static_cast<const T*>(block_out),
+                                                                    block_lse, rows, dim);
+  } else {
+    lse_merge_kernel<T, false><<<grid, block, 0, stream>>>(out, lse, static_cast<const T*>(block_out), block_lse,
+                                                           rows, dim);
+  }
   return cudaGetLastError();
 }
 
