@@ -1,0 +1,253 @@
+"""The one definition of the prompt and response format, shared by data generation, SFT, RL and eval.
+
+Layout (Qwen2.5-VL chat format; the video comes first in the user turn, as Qwen's processor puts it):
+
+    <|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n
+    <|im_start|>user\\n<|vision_start|><|video_pad|> x n<|vision_end|>{timestamps line\\n}Question: ...\\n
+    Options:\\nA. ...\\nB. ...<|im_end|>\\n
+    <|im_start|>assistant\\n
+    <think>...</think><answer>...</answer><|im_end|>          (the response; SFT target / RL sample)
+
+n = t*h*w // merge**2 for the video's patch grid. Token ids are built piece by piece (cut only where the
+tokenizer splits anyway), so a 20k-pad video costs no tokenizer time and the ids equal those of tokenizing
+the whole text; text that comes from data is encoded literally (no special tokens smuggled in).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+VISION_START, VISION_END, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"
+THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+
+SYSTEM_PROMPT = (
+    "You are a helpful assistant. Watch the video and answer the question. "
+    "First think step by step inside <think> </think> tags, "
+    "then give the final answer inside <answer> </answer> tags. "
+    "For a multiple-choice question, the answer is the letter of the correct option."
+)
+
+IGNORE_INDEX = -100  # label value the loss skips (prompt and padding)
+
+
+def num_video_tokens(grid_thw: Sequence[int] | torch.Tensor, merge_size: int = 2) -> int:
+    """Video-pad tokens for one video of patch grid (t, h, w): t*h*w // merge_size**2."""
+    t, h, w = (int(x) for x in grid_thw)
+    return t * h * w // merge_size**2
+
+
+def option_letter(i: int) -> str:
+    """0 -> 'A', 1 -> 'B', ... (at most 26 options)."""
+    if not 0 <= i < 26:
+        raise ValueError(f"option index {i} out of range A..Z")
+    return string.ascii_uppercase[i]
+
+
+def format_options(options: Sequence[str]) -> str:
+    """'A. first\\nB. second ...'; an option already written as 'A. ...' or '(A) ...' is kept as is."""
+    lines = []
+    for i, opt in enumerate(options):
+        letter, opt = option_letter(i), str(opt).strip()
+        if re.match(rf"^(\({letter}\)|{letter}[.:)])\s", opt):
+            lines.append(opt)
+        else:
+            lines.append(f"{letter}. {opt}")
+    return "\n".join(lines)
+
+
+def format_timestamps(timestamps: Sequence[float]) -> str:
+    """'Frames sampled at 0.0s, 2.0s, 4.0s.' for the frames shown to the model (seconds from video start)."""
+    return "Frames sampled at " + ", ".join(f"{float(t):.1f}s" for t in timestamps) + "."
+
+
+def format_question(
+    question: str, options: Sequence[str] | None = None, timestamps: Sequence[float] | None = None
+) -> str:
+    """The user text after the video: optional timestamps line, the question, the lettered options."""
+    parts = []
+    if timestamps:
+        parts.append(format_timestamps(timestamps))
+    parts.append(f"Question: {question.strip()}")
+    if options:
+        parts.append("Options:\n" + format_options(options))
+    return "\n".join(parts)
+
+
+def format_response(think: str, answer: str) -> str:
+    """A response in the required format: '<think>{think}</think><answer>{answer}</answer>'."""
+    return f"{THINK_OPEN}{think.strip()}{THINK_CLOSE}{ANSWER_OPEN}{answer.strip()}{ANSWER_CLOSE}"
+
+
+_RESPONSE_RE = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    """think / answer text (None when absent) and whether the whole response had the exact format."""
+
+    think: str | None
+    answer: str | None
+    well_formed: bool
+
+
+def parse_response(text: str) -> ParsedResponse:
+    """Split a generated response (special tokens already removed) into its think and answer parts.
+
+    well_formed: the text is exactly <think>..</think><answer>..</answer> (whitespace around allowed).
+    answer falls back to the last <answer>..</answer> anywhere in the text when the format is broken.
+    """
+    text = text.replace(IM_END, "")
+    m = _RESPONSE_RE.match(text)
+    if m:
+        return ParsedResponse(m.group(1).strip(), m.group(2).strip(), True)
+    answers = _ANSWER_RE.findall(text)
+    return ParsedResponse(None, answers[-1].strip() if answers else None, False)
+
+
+def _head(system_prompt: str) -> str:
+    return f"{IM_START}system\n{system_prompt}{IM_END}\n{IM_START}user\n"
+
+
+def _tail(user_text: str) -> str:
+    return f"{user_text}{IM_END}\n{IM_START}assistant\n"
+
+
+def build_prompt_text(
+    question: str,
+    options: Sequence[str] | None = None,
+    *,
+    num_video_tokens: int = 0,
+    timestamps: Sequence[float] | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> str:
+    """The full prompt string, ending with the assistant header (generation starts right after it).
+
+    num_video_tokens: pads in the video block (0 = no video block); `timestamps` adds a line naming the
+    sampled frames' times (for families that read time from text; Qwen2.5-VL encodes it in positions).
+    """
+    video = f"{VISION_START}{VIDEO_PAD * num_video_tokens}{VISION_END}" if num_video_tokens else ""
+    return _head(system_prompt) + video + _tail(format_question(question, options, timestamps))
+
+
+def build_messages(
+    question: str,
+    options: Sequence[str] | None = None,
+    *,
+    video: object | None = None,
+    timestamps: Sequence[float] | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> list[dict]:
+    """The same prompt as chat messages (HF chat templates, OpenAI-style APIs).
+
+    `video`, if given, is put in the video part as {"type": "video", "video": video}; a Qwen chat template
+    renders it as one video pad, which a processor expands to n pads: the text then equals
+    `build_prompt_text(..., num_video_tokens=n)`.
+    """
+    content: list[dict] = []
+    if video is not None:
+        content.append({"type": "video", "video": video})
+    content.append({"type": "text", "text": format_question(question, options, timestamps)})
+    return [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": content},
+    ]
+
+
+def _encode(tokenizer, text: str, *, literal: bool = False) -> list[int]:
+    # literal: text from data (questions, responses) never turns into special tokens, so a stray
+    # "<|im_end|>" or "<|video_pad|>" in a dataset cannot end a turn early or eat a video embedding.
+    return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=literal))
+
+
+def build_prompt_ids(
+    tokenizer,
+    question: str,
+    options: Sequence[str] | None = None,
+    *,
+    num_video_tokens: int = 0,
+    timestamps: Sequence[float] | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> list[int]:
+    """Token ids of `build_prompt_text(...)`, for RL rollouts and eval.
+
+    Equal to tokenizing that text, except that special-token strings inside the system prompt, question or
+    options are encoded as plain text. Pieces are cut only at special tokens and after "system\n".
+    """
+    ids = _encode(tokenizer, f"{IM_START}system\n")
+    ids += _encode(tokenizer, system_prompt, literal=True)
+    ids += _encode(tokenizer, f"{IM_END}\n{IM_START}user\n")
+    if num_video_tokens:
+        start, pad, end = tokenizer.convert_tokens_to_ids([VISION_START, VIDEO_PAD, VISION_END])
+        ids += [start] + [pad] * num_video_tokens + [end]
+    ids += _encode(tokenizer, format_question(question, options, timestamps), literal=True)
+    ids += _encode(tokenizer, f"{IM_END}\n{IM_START}assistant\n")
+    return ids
+
+
+def encode_response(tokenizer, response: str) -> list[int]:
+    """Token ids of a response followed by <|im_end|> (the stop token the model must learn to emit)."""
+    return _encode(tokenizer, response, literal=True) + [tokenizer.convert_tokens_to_ids(IM_END)]
+
+
+@dataclass
+class SFTExample:
+    """input_ids = prompt + response + <|im_end|>; labels = IGNORE_INDEX over the prompt, ids after it.
+
+    response_start: index of the first response token (= prompt length).
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    response_start: int
+
+
+def build_sft_example(
+    tokenizer,
+    question: str,
+    options: Sequence[str] | None,
+    response: str,
+    *,
+    num_video_tokens: int = 0,
+    timestamps: Sequence[float] | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> SFTExample:
+    """One SFT sequence. The prompt part is exactly `build_prompt_ids(...)`, so SFT, RL and eval agree."""
+    prompt = build_prompt_ids(
+        tokenizer,
+        question,
+        options,
+        num_video_tokens=num_video_tokens,
+        timestamps=timestamps,
+        system_prompt=system_prompt,
+    )
+    target = encode_response(tokenizer, response)
+    return SFTExample(prompt + target, [IGNORE_INDEX] * len(prompt) + target, len(prompt))
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_value: int, *, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id lists to [B, max_len] int64; returns (padded, attention_mask) with mask 1 on real tokens.
+
+    side: "left" (generation: all prompts end at the same column) or "right" (training).
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    length = max((len(s) for s in sequences), default=0)
+    out = torch.full((len(sequences), length), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        n = len(seq)
+        if n == 0:
+            continue
+        cols = slice(length - n, length) if side == "left" else slice(0, n)
+        out[i, cols] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[i, cols] = 1
+    return out, mask
