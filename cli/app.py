@@ -32,24 +32,16 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point: users' mistakes become one line on stderr and exit code 2."""
+    """Console-script entry point.
+
+    Usage mistakes (unknown command/option, missing argument) are reported by click itself with exit code 2;
+    errors in the user's input found later (longrl.errors.LongRLError) become one line on stderr, exit code 2.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except LongRLError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(1)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

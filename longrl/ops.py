@@ -136,6 +136,11 @@ def unshard(
     Returns a contiguous tensor with spec.length along spec.dim, positions as in the original x.
     Differentiable: the backward shards the gradient back into each rank's slot.
     """
+    if not isinstance(shards, torch.Tensor):
+        shards = list(shards)
+    pieces = [shards] if isinstance(shards, torch.Tensor) else shards
+    if any(t.dim() <= spec.dim for t in pieces):
+        raise ValueError(f"unshard: shards must have a dim {spec.dim} (the sharded dim of the spec)")
     if isinstance(shards, torch.Tensor):
         ref = shards
         if shards.shape[spec.dim] != spec.padded_length:
@@ -144,7 +149,6 @@ def unshard(
                 f"expected {spec.padded_length}"
             )
     else:
-        shards = list(shards)
         if len(shards) != spec.sp_size:
             raise ValueError(f"unshard: got {len(shards)} shards for sp_size={spec.sp_size}")
         ref = shards[0]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,3 +37,17 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
     view.copy_(t)
     assert not view.is_contiguous() or t.numel() <= 1
     return view
+
+
+# nvcc compiles the CUDA sources in every CI run even though no GPU is there.
+NVCC: str | None = shutil.which("nvcc") or next(
+    (p for p in ("/usr/local/cuda/bin/nvcc",) if Path(p).exists()), None
+)
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `longrl ARGS...` as users do (a fresh process through the console entry point), capturing output."""
+    code = "import sys; from longrl.cli.app import main; sys.argv[0] = 'longrl'; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-
-def _longrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "longrl.cli.app", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+from helpers import run_cli
 
 
 def test_make_tiny_writes_a_qwen2_5_vl_folder_and_refuses_to_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "tiny"
-    result = _longrl("models", "make-tiny", str(out), "--seed", "3", cwd=tmp_path)
+    result = run_cli("models", "make-tiny", str(out), "--seed", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen2_5_vl"
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
-    again = _longrl("models", "make-tiny", str(out), cwd=tmp_path)
+    again = run_cli("models", "make-tiny", str(out), cwd=tmp_path)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [again.stderr.strip()]  # exactly one line
     assert str(out) in again.stderr and "--overwrite" in again.stderr

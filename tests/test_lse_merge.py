@@ -292,3 +292,9 @@ def test_cuda_rows_without_keys(backend: str) -> None:
     assert torch.equal(got_out[:, 0], block_out[:, 0].float())
     assert torch.equal(got_out[:, 1], out[:, 1])
     assert torch.isneginf(got_lse[:, 2]).all()
+
+
+def test_compiled_op_rejects_float64_block_out_like_the_python_door() -> None:
+    out, lse = torch.zeros(2, 4), torch.zeros(2)
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        torch.ops.longrl.lse_merge_(out, lse, torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2))

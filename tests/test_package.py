@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 
 import longrl
 from longrl import _backend
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -71,14 +70,8 @@ def test_without_extension_ops_fall_back_to_torch_with_one_warning(tmp_path: Pat
     assert result.stdout.split() == ["1", "torch", "torch"]
 
 
-def _longrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "longrl.cli.app", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_doctor_reports_versions_devices_and_backends(tmp_path: Path) -> None:
-    result = _longrl("doctor", "--json", str(tmp_path / "doctor.json"), cwd=tmp_path)
+    result = run_cli("doctor", "--json", str(tmp_path / "doctor.json"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "doctor.json").read_text())
     assert report["torch"] == torch.__version__
@@ -91,14 +84,14 @@ def test_doctor_reports_versions_devices_and_backends(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_bench_on_missing_cuda_is_one_line_exit_2(tmp_path: Path) -> None:
-    result = _longrl("bench", "kernels", "--device", "cuda", cwd=tmp_path)
+    result = run_cli("bench", "kernels", "--device", "cuda", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "no CUDA device" in result.stderr
 
 
 def test_bench_unknown_group_is_exit_2(tmp_path: Path) -> None:
-    result = _longrl("bench", "kernels", "--only", "nope", cwd=tmp_path)
+    result = run_cli("bench", "kernels", "--only", "nope", cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown group" in result.stderr
 
@@ -114,3 +107,13 @@ def test_unknown_backend_is_a_clear_error() -> None:
             ops.lse_merge(
                 torch.zeros(1, 2), torch.zeros(1), torch.zeros(1, 2), torch.zeros(1), backend="cuda"
             )
+
+
+@pytest.mark.parametrize(
+    "args", [["no-such-command"], ["models", "make-tiny"], ["bench", "kernels", "--no-such-flag"]], ids=str
+)
+def test_cli_usage_errors_exit_2_without_traceback(tmp_path: Path, args: list[str]) -> None:
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Error" in result.stderr

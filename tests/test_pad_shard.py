@@ -8,13 +8,12 @@ with nvcc into a host program that executes the same kernel bodies over the same
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import non_contiguous, poison_, requires_cuda
+from helpers import NVCC, non_contiguous, poison_, requires_cuda
 
 from longrl import _backend, ops
 from longrl._ops import pad_shard as ps
@@ -462,7 +461,6 @@ def test_cuda_gradcheck() -> None:
 # The CUDA kernels' bodies, emulated on the CPU (needs only nvcc): same code, same grid, same vector widths.
 # ----------------------------------------------------------------------------------------------------------
 
-NVCC = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if Path(p).exists()), None)
 
 EMULATOR_SOURCE = r"""
 // Runs pad_shard.cu's launches on the CPU: every (block_y, block_x, thread) of the grid the launcher picked.
@@ -607,3 +605,11 @@ def test_cuda_kernel_bodies_emulated(
         )
         got, _ = emulate(emulator, tmp_path, "scatter", shards[r], x, dim, spec, r)
         assert_same_bits(got, want)
+
+
+def test_unshard_of_tensors_without_the_spec_dim_is_a_value_error() -> None:
+    _, spec = ops.pad_and_shard(torch.zeros(2, 8, 3), sp_size=2, rank=0, dim=2)
+    with pytest.raises(ValueError, match="dim 2"):
+        ops.unshard(torch.zeros(2, 8), spec)
+    with pytest.raises(ValueError, match="dim 2"):
+        ops.unshard([torch.zeros(2, 8), torch.zeros(2, 8)], spec)

@@ -3,6 +3,7 @@ and the device's copy bandwidth measured in the same run (the yardstick for memo
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -59,6 +60,28 @@ def _proc_status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+_malloc_pinned = False
+
+
+def _pin_malloc_thresholds() -> None:
+    """Make glibc return every block >= 1 MiB to the OS when freed (fixed mmap/trim thresholds).
+
+    By default glibc raises its mmap threshold after a large block is freed, so later allocations of up to
+    32 MiB reuse already-resident heap and an RSS-based peak reads 0. Affects only this (benchmark) process.
+    """
+    global _malloc_pinned
+    if _malloc_pinned:
+        return
+    _malloc_pinned = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 1 << 20)
+        libc.mallopt(m_trim_threshold, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: peaks may read low after warm-up
+        pass
+
+
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
     """Extra memory fn() needs at its peak beyond what was allocated before it ran.
 
@@ -72,6 +95,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | N
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
+    _pin_malloc_thresholds()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
