@@ -45,3 +45,43 @@ def kernels(
     if json_path is not None:
         write_json(report, json_path)
         print(f"wrote {json_path}")
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text}: expected comma-separated integers, e.g. 1,2,4") from None
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"{flag} {text}: expected positive integers, e.g. 1,2,4")
+    return values
+
+
+@app.command("sp")
+def sp(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON to this file.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A shorter sequence (CPU 4k, CUDA 16k tokens) and fewer repetitions.")] = False,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Tokens in the sequence (default: CPU 32k, CUDA 128k; quick 4k / 16k).")] = None,
+    sp_sizes: Annotated[str, typer.Option("--sp", help="Comma-separated sp sizes to compare (sp=1, the baseline, is always run).")] = "1,2,4",
+    attn: Annotated[str, typer.Option("--attn", help="Comma-separated attention modes: ring,ulysses.")] = "ring,ulysses",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present) or cpu; ranks use one GPU each on CUDA.")] = "auto",
+) -> None:  # fmt: skip
+    """Sequence-parallel prefill (no-grad and fwd+bwd) per rank vs sp: time and peak (activation) memory."""
+    from longrl.bench.report import print_report, write_json
+    from longrl.bench.sp import run_sp_benchmark
+    from longrl.parallel.sp_attention import SP_ATTN_MODES
+
+    sizes = _int_list("--sp", sp_sizes)
+    modes = [m.strip() for m in attn.split(",") if m.strip()]
+    if not modes or any(m not in SP_ATTN_MODES for m in modes):
+        raise ConfigError(f"--attn {attn}: choose from {', '.join(SP_ATTN_MODES)}")
+    if seq_len is not None and seq_len < 1:
+        raise ConfigError(f"--seq-len {seq_len}: must be a positive number of tokens")
+    dev = _device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: the sp benchmark runs on cpu or cuda")
+    report = run_sp_benchmark(dev, quick=quick, seq_len=seq_len, sp_sizes=sizes, attns=modes)
+    print_report(report)
+    if json_path is not None:
+        write_json(report, json_path)
+        print(f"wrote {json_path}")

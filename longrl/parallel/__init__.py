@@ -1,0 +1,1 @@
+"""MR-SP: process groups (dp x sp), sharded vision encoding, sequence-parallel prefill and attention."""
