@@ -21,11 +21,12 @@ console = Console()
 
 def _register() -> None:
     # Subcommand modules import the library lazily inside their functions, so `longrl --help` stays fast.
-    from longrl.cli import bench, doctor, models
+    from longrl.cli import bench, doctor, models, video
 
     doctor.register(app)
     app.add_typer(bench.app, name="bench")
     app.add_typer(models.app, name="models")
+    app.add_typer(video.app, name="video")
 
 
 _register()
