@@ -148,6 +148,51 @@ def test_disk_tier_round_trip_across_store_instances(tmp_path, make_store):
     assert s.calls == 2 and fourth.stats()["disk_hits"] == 1
 
 
+@pytest.mark.parametrize("host_tier", [0, 2], ids=["device_only", "host_tier"])
+@pytest.mark.parametrize("cache_cls", [EmbeddingCache, ReferenceEmbeddingCache])
+def test_metadata_is_bounded_by_the_cache(cache_cls, host_tier):
+    """After many distinct videos the metadata holds exactly the cache's keys (evictions prune it), and hits
+    still return each video's own metadata."""
+    rows, hidden = 4, 8
+    entry = rows * hidden * 4  # one float32 entry = one page
+    cache = cache_cls(
+        3 * entry, hidden_size=hidden, dtype=torch.float32, page_rows=rows, host_tier_bytes=host_tier * entry
+    )
+    store = EmbeddingStore(hidden_size=hidden, dtype=torch.float32, cache=cache)
+    encoded = []
+
+    def parts(i):
+        return video_key_parts(
+            {"path": f"/videos/{i}.mp4"}, sampling={"n": 8}, pixel_budget=None, encoder_fingerprint="e"
+        )
+
+    def encoder(i):
+        def encode():
+            encoded.append(i)
+            return VideoEmbedding(
+                torch.full((rows, hidden), float(i)), (1, 2, 8), float(i), (i / 2, i / 2 + 1)
+            )
+
+        return encode
+
+    held = 3 + host_tier
+    for i in range(40):
+        store.get_or_encode(parts(i), encoder(i))
+        assert set(store._meta) == set(cache.keys())
+        assert len(store._meta) == min(i + 1, held)
+    for i in range(40 - held, 40):  # the newest entries: hits, with their own metadata
+        got = store.get_or_encode(parts(i), encoder(i))
+        assert torch.equal(got.embeds, torch.full((rows, hidden), float(i)))
+        assert (got.grid_thw, got.second_per_grid_t, got.timestamps) == (
+            (1, 2, 8),
+            float(i),
+            (i / 2, i / 2 + 1),
+        )
+    assert encoded == list(range(40))
+    again = store.get_or_encode(parts(0), encoder(0))  # long evicted: encoded again, metadata right
+    assert encoded[-1] == 0 and again.second_per_grid_t == 0.0 and len(store._meta) == held
+
+
 def test_key_is_canonical_and_covers_dtype(tmp_path):
     parts_a = {"video": {"path": "/v.mp4", "size": 3}, "sampling": {"fps": 1.0, "n": 8}, "encoder": "ab"}
     parts_b = {"encoder": "ab", "sampling": {"n": 8, "fps": 1.0}, "video": {"size": 3, "path": "/v.mp4"}}

@@ -6,6 +6,7 @@ Reference for the round trips: the saved model's own state dict (torch.equal).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -92,6 +93,55 @@ def test_bad_dtype(tiny_dir):
         load_model(tiny_dir, dtype="float64x")
 
 
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [
+        ("gpu0", "device 'gpu0' is not a device name"),
+        ("cuda:99", "device 'cuda:99' is not available"),
+        ("meta", "device 'meta' is not supported"),
+        pytest.param(
+            "cuda",
+            "device 'cuda' is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+    ],
+)
+def test_bad_device_is_a_config_error_before_loading(tmp_path, device, match):
+    """One line naming the device, raised before the folder is even read (the folder here does not exist)."""
+    with pytest.raises(ConfigError, match=match) as info:
+        load_model(tmp_path / "no-such-model", device=device)
+    assert "\n" not in str(info.value)
+
+
+def test_resolve_device():
+    from longrl.devices import resolve_device
+
+    assert resolve_device("cpu") == resolve_device(" CPU ") == resolve_device(torch.device("cpu"))
+    assert resolve_device("auto") == resolve_device(None)
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu0", "", "cuda:-1", "cuda:x"):
+        with pytest.raises(ConfigError, match="is not a device name"):
+            resolve_device(bad)
+    with pytest.raises(ConfigError, match="not available"):
+        resolve_device(torch.device("cuda", 99))
+
+
+def test_save_to_an_unwritable_place_is_a_model_error(tmp_path):
+    model, tok = tiny_model()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(
+        ModelError, match=r"cannot save the model to .*a-file/model: .*choose a writable"
+    ) as info:
+        save_model(model, tok, blocker / "model")  # a path through a file
+    assert "\n" not in str(info.value)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ModelError, match="Permission denied"):
+            save_model(model, tok, locked / "model")
+
+
 def test_load_dtype_device_and_frozen_tower(tiny_dir):
     adapter, tok, proc = load_model(tiny_dir, dtype="bf16", device="cpu")
     assert adapter.dtype == torch.bfloat16 and adapter.device.type == "cpu"
@@ -123,7 +173,7 @@ def test_save_round_trip_overwrite_and_atomicity(tmp_path, tiny_dir):
         def save_pretrained(self, path):
             raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ModelError, match=r"cannot save the model to .*saved: disk full"):
         save_model(adapter, Broken(), out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
     assert torch.equal(load_model(out).adapter.lm_head_weight, adapter.lm_head_weight)

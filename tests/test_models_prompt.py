@@ -7,6 +7,7 @@ import pytest
 import torch
 from tiny_model import tiny_model
 
+import longrl.models as M
 from longrl.models import prompt as P
 
 
@@ -73,6 +74,10 @@ def test_options_letters():
 def test_num_video_tokens_and_pad_batch():
     assert P.num_video_tokens((4, 10, 12)) == 120
     assert P.num_video_tokens(torch.tensor([2, 4, 6]), merge_size=2) == 12
+    assert P.num_video_tokens((2, 4, 6), merge_size=1) == 48
+    model, _ = tiny_model()
+    adapter = M.wrap_model(model)  # the adapter's count is the same function, with the model's merge size
+    assert adapter.num_video_tokens((4, 10, 12)) == P.num_video_tokens((4, 10, 12), adapter.merge_size)
     ids, mask = P.pad_batch([[1, 2, 3], [4]], 0, side="left")
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     ids, mask = P.pad_batch([[1, 2, 3], [4]], 9, side="right")

@@ -13,16 +13,20 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from videos import bottom_colour, colour_of, frame_index_of, make_frame, write_video
 
 import longrl.video.decode as decode_mod
 from longrl.errors import BackendError, ConfigError
 from longrl.video import (
+    FrameResizer,
+    QwenVideoConfig,
     SamplingConfig,
     clear_probe_cache,
     decode_frames,
     load_clips,
     load_video,
+    preprocess_video,
     probe_video,
 )
 
@@ -190,3 +194,54 @@ def test_file_name_starting_with_dash(tmp_path, monkeypatch, isolate):
     video = load_video("-clip.mp4", SamplingConfig(num_frames=2), "auto", isolate=isolate)
     assert video.path == "-clip.mp4"
     check_frames(video.frames, np.array([2, 6]))
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_transform_runs_on_chunks_while_decoding(videos, monkeypatch, backend, isolate):
+    """Frames arrive (through the child's pipe, or in-process) a chunk at a time and are transformed on
+    arrival; the result equals transforming the plain decode, in request order with repeats."""
+    path, n, _ = videos["h264_8fps"]
+    monkeypatch.setattr(decode_mod, "CHUNK_BYTES", 3 * 48 * 64 * 3)  # 3 frames per chunk
+    indices = np.array([n - 1, 0, 7, 8, 8, 3, n // 2, 1, 30, 31, 2])  # 10 distinct frames
+    seen = []
+
+    def transform(frames: np.ndarray, num_frames: int) -> np.ndarray:
+        seen.append((frames.shape, num_frames))
+        return frames[:, ::2, ::2].astype(np.int16) * 2 - 1  # per frame: subsample, change dtype
+
+    out = decode_frames(path, indices, backend, isolate=isolate, transform=transform)
+    plain = decode_frames(path, indices, backend, isolate=isolate)
+    check_frames(plain.frames, indices)
+    assert out.frames.dtype == np.int16
+    np.testing.assert_array_equal(out.frames, plain.frames[:, ::2, ::2].astype(np.int16) * 2 - 1)
+    np.testing.assert_array_equal(out.timestamps_s, plain.timestamps_s)
+    np.testing.assert_array_equal(out.indices, indices)
+    assert seen == [((k, 48, 64, 3), len(indices)) for k in (3, 3, 3, 1)]
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_resizing_while_decoding_equals_preprocessing_full_frames(videos, monkeypatch, isolate):
+    path, n, _ = videos["mpeg4_30fps"]
+    monkeypatch.setattr(decode_mod, "CHUNK_BYTES", 4 * 48 * 64 * 3)
+    config = QwenVideoConfig(min_pixels=28 * 28 * 8, max_pixels=28 * 28 * 20)  # 48x64 -> 84x112 (upscale)
+    indices = np.array([0, 5, 5, 17, 40, 41, 63, 88, 89])
+    resized = decode_frames(path, indices, "auto", isolate=isolate, transform=FrameResizer(config))
+    plain = decode_frames(path, indices, "auto", isolate=isolate)
+    assert isinstance(resized.frames, torch.Tensor) and resized.frames.shape == (9, 84, 112, 3)
+    rows, grid = preprocess_video(resized.frames, config, resized=True)
+    ref_rows, ref_grid = preprocess_video(plain.frames, config)
+    assert grid == ref_grid == (5, 6, 8) and torch.equal(rows, ref_rows)
+    video = load_video(path, SamplingConfig(num_frames=6), transform=FrameResizer(config), isolate=isolate)
+    assert video.frames.shape == (6, 84, 112, 3)
+
+
+def test_transform_errors_propagate(videos):
+    path = videos["h264_8fps"][0]
+
+    def broken(frames, num_frames):
+        raise RuntimeError("out of memory (a stand-in)")
+
+    for isolate in (True, False):
+        with pytest.raises(RuntimeError, match="stand-in"):
+            decode_frames(path, [1, 2], "pyav", isolate=isolate, transform=broken)

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,8 +191,7 @@ def test_decoder_hang_is_stopped(video, tmp_path, monkeypatch):
         probe_video(video, "pyav", timeout_s=1.0)
     _assert_names_file(exc, video, r"did not finish probing within 1 s and was stopped")
     monkeypatch.undo()
-    clear_probe_cache()  # failures are cached too
-    info = probe_video(video, "pyav")
+    info = probe_video(video, "pyav")  # a timeout is not cached: this probes again, and passes
     _replace_child(monkeypatch, tmp_path, HANGING_CHILD)
     with pytest.raises(VideoError) as exc:
         decode_frames(video, [1], info=info, timeout_s=1.0)
@@ -269,3 +269,130 @@ def test_unreadable_file(tmp_path):
     path.chmod(0)
     with pytest.raises(VideoError, match="permission denied"):
         probe_video(path)
+
+
+@pytest.mark.timeout(60)
+def test_definite_failures_are_cached_but_timeouts_are_not(video, tmp_path, monkeypatch):
+    calls = []
+    real = decode_mod._run_command
+    monkeypatch.setattr(decode_mod, "_run_command", lambda *a, **k: calls.append(a) or real(*a, **k))
+    # A crash is a property of the file: cached, the child does not run again.
+    _replace_child(monkeypatch, tmp_path, SEGFAULT_CHILD)
+    with pytest.raises(VideoError, match="crashed"):
+        probe_video(video, "pyav")
+    monkeypatch.setattr(decode_mod, "_PROBE_SCRIPT", decode_mod._PROBE_SCRIPT.replace("child.py", "gone.py"))
+    with pytest.raises(VideoError, match="crashed"):
+        probe_video(video, "pyav")
+    assert len(calls) == 1
+    # A timeout (busy machine) is not: the next call probes again.
+    clear_probe_cache()
+    _replace_child(monkeypatch, tmp_path, HANGING_CHILD)
+    for attempt in range(2):
+        with pytest.raises(VideoError, match="did not finish probing within 0.5 s"):
+            probe_video(video, "pyav", timeout_s=0.5)
+        assert len(calls) == 2 + attempt
+    # "auto": a decord timeout taints the combined failure, so that is not cached either.
+    with pytest.raises(
+        VideoError, match=r"did not finish probing.*\(decord: the decord decoder did not finish"
+    ):
+        probe_video(video, "auto", timeout_s=0.5)
+    monkeypatch.setattr(decode_mod, "_PROBE_SCRIPT", str(Path(decode_mod._probe.__file__).resolve()))
+    assert probe_video(video, "auto").num_frames == 16
+
+
+def _failing_backend_child(tmp_path, broken: str, action: str) -> str:
+    """A child script that runs the real one, except that `decode --backend {broken}` does `action`."""
+    script = tmp_path / f"fail_{broken}.py"
+    script.write_text(
+        "import runpy, sys\n"
+        f"if sys.argv[1] == 'decode' and sys.argv[sys.argv.index('--backend') + 1] == {broken!r}:\n"
+        f"    {action}\n"
+        f"sys.argv[0] = {decode_mod._PROBE_SCRIPT!r}\n"
+        f"runpy.run_path({decode_mod._PROBE_SCRIPT!r}, run_name='__main__')\n"
+    )
+    return str(script)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "import ctypes; ctypes.string_at(0)",  # crash
+        "import time; time.sleep(600)",  # hang
+        'print(\'{"ok": false, "reason": "decord cannot decode this"}\'); raise SystemExit(0)',  # error
+    ],
+    ids=["crash", "hang", "error"],
+)
+def test_auto_retries_decoding_with_pyav_when_decord_fails(video, tmp_path, monkeypatch, failure):
+    from videos import frame_index_of
+
+    info = probe_video(video, "auto")
+    assert info.backend == "decord"  # decord passes the probe, then fails while decoding
+    monkeypatch.setattr(decode_mod, "_PROBE_SCRIPT", _failing_backend_child(tmp_path, "decord", failure))
+    # load_video's decode timeout (the hang costs one timeout per call; the PyAV retry needs well under it)
+    monkeypatch.setattr(decode_mod, "DECODE_TIMEOUT_BASE_S", 2.0)
+    monkeypatch.setattr(decode_mod, "DECODE_TIMEOUT_PER_VIDEO_S", 0.0)
+    indices = [9, 0, 3, 3, 15]
+    out = decode_frames(video, indices, "auto", info=info)
+    assert [frame_index_of(f) for f in out.frames] == indices
+    np.testing.assert_allclose(out.timestamps_s, np.array(indices) / 8, atol=1e-4)
+    video_read = load_video(video, SamplingConfig(num_frames=4), "auto")  # load_video takes the same path
+    assert [frame_index_of(f) for f in video_read.frames] == video_read.indices.tolist()
+    # Asked for by name, decord is not replaced.
+    with pytest.raises(VideoError) as exc:
+        decode_frames(video, indices, "decord", info=info)
+    _assert_names_file(exc, video, "decord")
+    with pytest.raises(VideoError):
+        load_video(video, SamplingConfig(num_frames=4), "decord")
+
+
+@pytest.mark.timeout(60)
+def test_auto_reports_both_decoders_when_both_fail(video, tmp_path, monkeypatch):
+    info = probe_video(video, "auto")
+    monkeypatch.setattr(decode_mod, "_PROBE_SCRIPT", str(tmp_path / "child.py"))
+    (tmp_path / "child.py").write_text(SEGFAULT_CHILD)
+    with pytest.raises(VideoError) as exc:
+        decode_frames(video, [1, 2], "auto", info=info)
+    _assert_names_file(
+        exc,
+        video,
+        r"the pyav decoder crashed \(SIGSEGV\) while decoding.*\(decord: the decord decoder crashed",
+    )
+
+
+def test_auto_retry_in_process(video, monkeypatch):
+    """isolate=False: a decord error while decoding is retried with PyAV too."""
+    from videos import frame_index_of
+
+    def broken(path, indices, chunk):
+        raise RuntimeError("[12:00:00] video_reader.cc:1: cannot seek")
+        yield
+
+    info = probe_video(video, "auto")
+    monkeypatch.setitem(decode_mod._probe.ITERATORS, "decord", broken)
+    out = decode_frames(video, [4, 5], "auto", info=info, isolate=False)
+    assert [frame_index_of(f) for f in out.frames] == [4, 5]
+    with pytest.raises(VideoError, match="the decord decoder failed \\(cannot seek\\)"):
+        decode_frames(video, [4, 5], "decord", info=info, isolate=False)
+
+
+@pytest.mark.timeout(60)
+def test_child_ignores_modules_next_to_its_script(video, tmp_path, monkeypatch):
+    """The child runs by path; modules in its folder (this package has inspect.py) must not shadow the
+    standard library's (numpy imports inspect). Both guards: -P from the parent, and probe.py itself."""
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    script = folder / "probe.py"
+    script.write_text(Path(decode_mod._PROBE_SCRIPT).read_text())
+    for name in ("inspect", "json", "struct"):
+        (folder / f"{name}.py").write_text("raise ImportError('shadowed')\n")
+    direct = subprocess.run(  # no -P: probe.py's own guard
+        [sys.executable, str(script), "probe", "--backend", "pyav", "--", video],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert '"ok": true' in direct.stdout, direct.stderr[-500:]
+    monkeypatch.setattr(decode_mod, "_PROBE_SCRIPT", str(script))
+    assert probe_video(video, "pyav").num_frames == 16
+    assert decode_frames(video, [3], "pyav").frames.shape == (1, 48, 64, 3)

@@ -11,10 +11,14 @@ References:
   where transformers and PIL are installed but torchvision is not. Both skip otherwise.
 - CUDA (skips without a GPU): the CUDA pipeline against the CPU one: normalize + patchify bitwise, resize
   within 1 uint8 level of the CPU float path.
+- Chunked processing (bounded memory) and resizing while decoding (`FrameResizer`, then resized=True): the
+  whole video in one piece (resize, normalize, patchify of all frames at once), bitwise, on both resize paths
+  (CPU uint8 kernel and the float path GPUs use) and on CUDA.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import subprocess
@@ -26,10 +30,12 @@ import pytest
 import torch
 from helpers import requires_cuda
 
+import longrl.video.qwen_layout as layout_mod
 from longrl.errors import ModelError, VideoError
 from longrl.video.qwen_layout import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
+    FrameResizer,
     QwenVideoConfig,
     frame_pixel_cap,
     normalize_frames,
@@ -190,6 +196,60 @@ def test_preprocess_videos_batch():
     video = torch.from_numpy(a).permute(0, 3, 1, 2)
     manual, _ = patchify(normalize_frames(resize_frames(video.contiguous(), 56, 56)))
     assert torch.equal(alone_a, manual)
+
+
+def _one_piece(frames: np.ndarray, config: QwenVideoConfig, device="cpu", native=None):
+    """The unchunked pipeline: all frames resized, normalized and patchified at once."""
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous().to(device)
+    h, w = target_size(video.shape[0], video.shape[2], video.shape[3], config)
+    resized = resize_frames(video, h, w, native_uint8=native)
+    normalized = normalize_frames(resized, config.image_mean, config.image_std, config.rescale_factor)
+    return patchify(normalized, config.patch_size, config.temporal_patch_size, config.merge_size)
+
+
+# Odd frame counts (the last temporal patch pads), a total pixel budget (the size depends on the frame count),
+# upscaling and downscaling.
+CHUNK_CASES = [
+    ((7, 50, 90), QwenVideoConfig(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 12)),
+    ((9, 120, 66), QwenVideoConfig(min_pixels=28 * 28, max_pixels=28 * 28 * 20, total_pixels=28 * 28 * 30)),
+    ((6, 30, 40), QwenVideoConfig(min_pixels=28 * 28 * 6, max_pixels=28 * 28 * 9)),
+]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["uint8_kernel", "float_path"])
+@pytest.mark.parametrize("case", range(len(CHUNK_CASES)))
+def test_chunked_equals_one_piece(case, native, monkeypatch):
+    shape, config = CHUNK_CASES[case]
+    frames = np.random.default_rng(case).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    ref_rows, ref_grid = _one_piece(frames, config, native=native)
+    # preprocess_video picks the resize path from the device; force the one under test.
+    monkeypatch.setattr(layout_mod, "resize_frames", functools.partial(resize_frames, native_uint8=native))
+    for chunk in (1, 2, 3, 4, shape[0], 100, None):  # 1 and 3 round up to whole temporal patches
+        rows, grid = preprocess_video(frames, config, chunk_frames=chunk)
+        assert grid == ref_grid and torch.equal(rows, ref_rows), chunk
+    # The default chunk size, made small: several chunks even for this tiny video.
+    monkeypatch.setattr(layout_mod, "CHUNK_BYTES", 1)
+    assert torch.equal(preprocess_video(frames, config)[0], ref_rows)
+    # Resizing while decoding: FrameResizer on chunks of unique frames, rows put in request order (with
+    # repeats), then preprocess without resizing: the same rows, bit for bit.
+    order = np.array([0, 1, 1, 2, *range(3, shape[0])])  # frame 1 requested twice
+    repeated = frames[order]
+    resizer = FrameResizer(config)
+    pieces = [resizer(frames[i : i + 2], len(order)) for i in range(0, shape[0], 2)]
+    resized = torch.cat(pieces)[torch.from_numpy(order)]
+    assert resized.dtype == torch.uint8 and resized.shape[1:3] == target_size(len(order), *shape[1:], config)
+    rows, grid = preprocess_video(resized, config, resized=True, chunk_frames=2)
+    ref_rows, ref_grid = _one_piece(repeated, config, native=native)
+    assert grid == ref_grid and torch.equal(rows, ref_rows)
+    batch = preprocess_videos([resized, resized[:4]], [1.0, 2.0], config, resized=True)
+    assert torch.equal(batch.pixel_values_videos[: rows.shape[0]], rows)
+
+
+def test_resized_input_is_checked():
+    with pytest.raises(ValueError, match="multiples of 28"):
+        preprocess_video(np.zeros((2, 50, 56, 3), dtype=np.uint8), resized=True)
+    with pytest.raises(ValueError, match="chunk_frames"):
+        preprocess_video(np.zeros((2, 56, 56, 3), dtype=np.uint8), chunk_frames=0)
 
 
 def test_preprocess_grayscale_and_bad_input():
@@ -416,3 +476,17 @@ def test_cuda_matches_cpu():
         assert torch.equal(
             patchify(normalize_frames(cpu.cuda()))[0].cpu(), patchify(normalize_frames(cpu))[0]
         )
+
+
+@requires_cuda
+def test_cuda_chunked_and_resized_while_decoding_equal_one_piece():
+    shape, config = CHUNK_CASES[1]
+    frames = np.random.default_rng(5).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    ref_rows, ref_grid = _one_piece(frames, config, device="cuda")
+    rows, grid = preprocess_video(frames, config, "cuda", chunk_frames=2)
+    assert rows.is_cuda and grid == ref_grid and torch.equal(rows, ref_rows)
+    resized = torch.cat(
+        [FrameResizer(config, "cuda")(frames[i : i + 3], shape[0]) for i in range(0, shape[0], 3)]
+    )
+    assert resized.is_cuda
+    assert torch.equal(preprocess_video(resized, config, "cuda", resized=True, chunk_frames=4)[0], ref_rows)

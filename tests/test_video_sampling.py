@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from longrl.errors import ConfigError
 from longrl.video.sampling import (
     SamplingConfig,
     TooFewFrames,
@@ -87,21 +88,38 @@ def test_short_span_policies():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "field"),
     [
-        {},
-        {"num_frames": 4, "fps": 1.0},
-        {"num_frames": 0},
-        {"fps": 0.0},
-        {"fps": float("nan")},
-        {"num_frames": 4, "on_short": "pad"},
-        {"fps": 1.0, "max_frames": 1},
-        {"fps": 1.0, "min_frames": 10, "max_frames": 8},
+        ({}, "num_frames and fps"),
+        ({"num_frames": 4, "fps": 1.0}, "num_frames and fps"),
+        ({"num_frames": 0}, "num_frames"),
+        ({"num_frames": 2.5}, "num_frames"),
+        ({"num_frames": "8"}, "num_frames"),
+        ({"num_frames": True}, "num_frames"),
+        ({"fps": 0.0}, "fps"),
+        ({"fps": float("nan")}, "fps"),
+        ({"fps": "2"}, "fps"),
+        ({"num_frames": 4, "on_short": "pad"}, "on_short"),
+        ({"fps": 1.0, "max_frames": 1}, "max_frames"),
+        ({"fps": 1.0, "min_frames": 10, "max_frames": 8}, "max_frames"),
+        ({"fps": 1.0, "min_frames": 0}, "min_frames"),
+        ({"num_frames": 4, "frame_multiple": 0}, "frame_multiple"),
     ],
 )
-def test_config_validation(kwargs):
-    with pytest.raises(ValueError):
+def test_config_validation(kwargs, field):
+    """A bad value is a one-line ConfigError (what the CLI prints) naming the field and the value."""
+    with pytest.raises(ConfigError) as info:
         SamplingConfig(**kwargs)
+    message = str(info.value)
+    assert message.startswith(f"sampling {field}") or f"one of {field}" in message, message
+    assert "\n" not in message
+    if field in kwargs:
+        assert f"got {kwargs[field]!r}" in message, message
+
+
+def test_config_accepts_numpy_numbers():
+    assert SamplingConfig(num_frames=np.int64(8)).num_frames == 8
+    assert SamplingConfig(fps=np.float32(0.5), max_frames=np.int32(16)).fps == 0.5
 
 
 def test_frame_span():

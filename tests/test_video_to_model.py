@@ -159,3 +159,30 @@ def test_bad_video_is_a_video_error_naming_the_file(tiny_dir, tmp_path, monkeypa
     with pytest.raises(VideoError, match=f"{kind}.mp4"):
         VI.encode_video_file(m.adapter, None, path, SAMPLING, m.video_config)
     assert m.tower_calls == 0 and m.store.stats()["cache"]["entries"] == 0
+
+
+@torch.no_grad()
+def test_video_preprocessing_goes_through_the_adapter(tiny_dir, clips, monkeypatch):
+    """A model family plugs its preprocessing in through its adapter (frame_resizer, preprocess_videos,
+    processor_config_class); video_inputs names no family. Without a resizer the frames are decoded at full
+    size and resized in preprocess_videos: the same embeddings, bit for bit, as resizing while decoding."""
+    m = Counted(tiny_dir, monkeypatch)
+    streamed = VI.encode_video_file(m.adapter, None, clips[1], SAMPLING, m.video_config)
+    calls = []
+
+    class FullSizeFrames(type(m.adapter)):
+        def frame_resizer(self, config, device=None):
+            calls.append("frame_resizer")
+            return None
+
+        def preprocess_videos(self, videos, sampled_fps, config, device=None, *, resized=False):
+            calls.append(("preprocess_videos", resized, tuple(videos[0].shape)))
+            return super().preprocess_videos(videos, sampled_fps, config, device, resized=resized)
+
+    full = VI.encode_video_file(FullSizeFrames(m.adapter.model), None, clips[1], SAMPLING, m.video_config)
+    assert calls == ["frame_resizer", ("preprocess_videos", False, (4, 64, 96, 3))]  # 2.5 s at 2 fps: 4
+    assert torch.equal(full.embeds, streamed.embeds) and full.grid_thw == streamed.grid_thw == (2, 4, 6)
+    video, pixels = VI.load_video_pixels(m.adapter, clips[1], SAMPLING, m.video_config)
+    assert tuple(video.frames.shape) == (4, 56, 84, 3)  # resized while decoding
+    assert pixels.video_grid_thw.tolist() == [[2, 4, 6]]
+    assert type(m.adapter).video_config_from_folder(tiny_dir) == m.video_config

@@ -29,6 +29,9 @@ _EXPORTS = {
     "video_key_parts": "longrl.models.embedding_store",
     "VideoBatch": "longrl.models.video_inputs",
     "encode_video_file": "longrl.models.video_inputs",
+    "load_video_pixels": "longrl.models.video_inputs",
+    "VideoPixelInputs": "longrl.models.base",
+    "num_video_tokens": "longrl.models.base",
     "build_video_batch": "longrl.models.video_inputs",
 }
 

@@ -7,17 +7,46 @@ The split mirrors MR-SP: (1) `encode_video` runs the vision tower once per video
 shared); (2) `build_inputs` turns token ids + those embeddings into decoder inputs with the family's
 position scheme; (3) `forward` / `logits` run the decoder from `inputs_embeds`, so the policy, the reference
 model and every rollout see exactly the same inputs.
+
+What else differs between families is here too, so no other file names a family: the preprocessing
+settings of a model folder (`processor_config_class`, `video_config_from_folder`) and turning decoded frames
+into the vision tower's inputs (`frame_resizer`, `preprocess_videos`).
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 from torch import nn
+
+
+def num_video_tokens(grid_thw: Sequence[int] | torch.Tensor, merge_size: int = 2) -> int:
+    """Video-pad tokens (= vision embeddings) for one video of patch grid (t, h, w): t*h*w // merge_size**2.
+
+    merge_size: the vision tower's spatial merge (2 for Qwen2-VL / Qwen2.5-VL; `ModelAdapter.merge_size`).
+    """
+    t, h, w = (int(x) for x in grid_thw)
+    return t * h * w // merge_size**2
+
+
+class VideoPixelInputs(Protocol):
+    """What `ModelAdapter.preprocess_videos` returns (e.g. `longrl.video.QwenVideoInputs`).
+
+    pixel_values_videos: [sum_i t_i*h_i*w_i, C*tp*p*p] float32, all videos' patches concatenated.
+    video_grid_thw: [N, 3] int64 patch grid per video. second_per_grid_ts: [N] float32 seconds per temporal
+    patch.
+    """
+
+    pixel_values_videos: torch.Tensor
+    video_grid_thw: torch.Tensor
+    second_per_grid_ts: torch.Tensor
 
 
 @dataclass
@@ -42,16 +71,47 @@ class ModelAdapter(abc.ABC):
 
     # Family name, e.g. "qwen2_5_vl" (which config `model_type` values map to an adapter is in registry.py).
     family: str = ""
+    # The family's preprocessing settings of a model folder: a class whose no-argument instance is the family
+    # default, with `from_folder(folder)` (classmethod, defaults for what is absent; ModelError for unreadable
+    # files), `write(folder)`, and a `video` attribute (the config `preprocess_videos` takes). What
+    # `load_model` reads into `adapter.processor_config` and `save_model` writes.
+    processor_config_class: ClassVar[type]
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.processor_config = None  # a ProcessorConfig when loaded from a folder (see loading.load_model)
+        self.processor_config = None  # a processor_config_class instance when loaded (see loading.load_model)
         self._fingerprint: tuple[tuple, str] | None = None
 
     @classmethod
     @abc.abstractmethod
     def hf_model_class(cls) -> type[nn.Module]:
         """The transformers class whose `from_pretrained` loads this family's folders."""
+
+    # ---- video preprocessing ---------------------------------------------------------------------------------
+    @classmethod
+    def video_config_from_folder(cls, folder: str | os.PathLike) -> Any:
+        """The video preprocessing settings of a model folder of this family (what `preprocess_videos` takes;
+        family defaults for what the folder does not set). Raises ModelError for unreadable settings files."""
+        return cls.processor_config_class.from_folder(folder).video
+
+    def frame_resizer(self, config: Any, device: torch.device | str | None = None) -> Any:
+        """A per-frame transform for the decoder (`longrl.video.decode.FrameTransform`) that does the
+        family's resizing while frames are decoded, so long videos are never held at full resolution; then
+        call `preprocess_videos(..., resized=True)`. None (this default): frames are decoded at full size."""
+        return None
+
+    @abc.abstractmethod
+    def preprocess_videos(
+        self,
+        videos: Sequence[torch.Tensor | np.ndarray],
+        sampled_fps: Sequence[float],
+        config: Any,
+        device: torch.device | str | None = None,
+        *,
+        resized: bool = False,
+    ) -> VideoPixelInputs:
+        """Decoded videos (uint8 [T_i, H_i, W_i, 3] each; from `frame_resizer` when resized=True) sampled at
+        `sampled_fps[i]` frames per second -> the vision tower's inputs, computed on `device`."""
 
     # ---- structure -------------------------------------------------------------------------------------------
     @property
@@ -107,8 +167,7 @@ class ModelAdapter(abc.ABC):
 
     def num_video_tokens(self, grid_thw: Sequence[int] | torch.Tensor) -> int:
         """Number of embeddings (= video-pad tokens) for one video of patch grid (t, h, w)."""
-        t, h, w = (int(x) for x in grid_thw)
-        return t * h * w // self.merge_size**2
+        return num_video_tokens(grid_thw, self.merge_size)
 
     # ---- the three stages ------------------------------------------------------------------------------------
     @abc.abstractmethod

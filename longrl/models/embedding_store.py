@@ -135,8 +135,11 @@ def cache_key(key_parts: Mapping[str, Any]) -> str:
 class EmbeddingStore:
     """Memory cache + optional disk tier for video embeddings of one encoder.
 
-    cache: any object with the EmbeddingCache API (`get(key)`, `put(key, emb)`, `stats()`); default a new
-    `longrl.ops.EmbeddingCache(capacity_bytes, hidden_size=, dtype=, device=, host_tier_bytes=)`.
+    cache: any object with the EmbeddingCache API (`get(key)`, `put(key, emb)`, `keys()`, `stats()`); default a
+    new `longrl.ops.EmbeddingCache(capacity_bytes, hidden_size=, dtype=, device=, host_tier_bytes=)`.
+    Metadata of each cached embedding (grid, seconds per temporal patch, timestamps) is kept next to the cache
+    for exactly the keys the cache still holds: it is pruned whenever the cache evicts, so it never outgrows
+    the cache.
     disk_dir: folder of `<key[:2]>/<key>.safetensors` files (`--embed-cache-dir`); None = memory only.
     frozen: whether the encoder is frozen (a bool or a callable checked on every call); False = bypass.
     """
@@ -237,6 +240,12 @@ class EmbeddingStore:
             log.warning("video embedding not kept in memory (%s); raise the embedding cache size", err)
             return
         self._meta[key] = value.meta()
+        # The put may have evicted entries (device and host tier both full): forget their metadata. Once per
+        # miss, O(entries), next to a vision-tower run.
+        if len(self._meta) > 1:
+            held = set(self.cache.keys())
+            for gone in [k for k in self._meta if k not in held]:
+                del self._meta[gone]
 
     def _path(self, key: str) -> Path:
         assert self.disk_dir is not None

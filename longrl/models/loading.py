@@ -1,8 +1,9 @@
 """Load a local HF model folder into an adapter, and save one back (safetensors, atomically).
 
 Only local folders: nothing is fetched from a hub. Every problem a user can cause (wrong path, a folder
-that is not a model, an unsupported architecture, missing weights) is a one-line `ModelError` naming the
-folder and what to do.
+that is not a model, an unsupported architecture, missing weights, a folder that cannot be written) is a
+one-line `ModelError` naming the folder and what to do; a bad dtype or device is a `ConfigError`, raised
+before anything is loaded. Family-specific files (preprocessing settings) go through the adapter class.
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from longrl.devices import resolve_device
 from longrl.errors import ConfigError, ModelError
 from longrl.models.base import ModelAdapter
-from longrl.models.processor_config import ProcessorConfig, read_processor_config, write_processor_config
 from longrl.models.registry import adapter_class, supported_model_types, wrap_model
-from longrl.video.qwen_layout import QwenVideoConfig
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -41,13 +41,14 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 class LoadedModel(NamedTuple):
     """What `load_model` returns; unpacks as `adapter, tokenizer, video_config = load_model(...)`.
 
-    video_config: the folder's video preprocessing (what `longrl.models.video_inputs` takes); the folder's
-    full preprocessing, image budgets included, is `adapter.processor_config` (what `save_model` writes).
+    video_config: the folder's video preprocessing (what `longrl.models.video_inputs` takes; a
+    `longrl.video.QwenVideoConfig` for Qwen2.5-VL); the folder's full preprocessing, image budgets included,
+    is `adapter.processor_config` (what `save_model` writes).
     """
 
     adapter: ModelAdapter
     tokenizer: object  # a transformers tokenizer
-    video_config: QwenVideoConfig
+    video_config: Any
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -122,10 +123,12 @@ def load_model(
     """Load a local HF model folder: (adapter, tokenizer, video preprocessing config).
 
     The model is in eval mode with its vision tower frozen unless `vision_trainable` (the RL default is a
-    frozen tower, so cached vision embeddings stay valid). Raises ModelError for a bad folder and
-    ConfigError for a bad dtype.
+    frozen tower, so cached vision embeddings stay valid). device: see `longrl.devices.resolve_device`
+    ("cpu", "cuda", "cuda:N", "auto"). Raises ModelError for a bad folder and ConfigError for a bad dtype or
+    a device that is malformed or not available here (both checked before any weight is read).
     """
     torch_dtype = parse_dtype(dtype)
+    torch_device = resolve_device(device)
     folder, config = read_model_config(path)
     _check_weights(folder)
     if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
@@ -144,10 +147,10 @@ def load_model(
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"cannot load model folder {folder}: {reason}") from err
-    model = model.to(device).eval()
+    model = model.to(torch_device).eval()
     adapter = cls(model)
     adapter.set_vision_trainable(vision_trainable)
-    adapter.processor_config = read_processor_config(folder)
+    adapter.processor_config = cls.processor_config_class.from_folder(folder)
     return LoadedModel(adapter, tokenizer, adapter.processor_config.video)
 
 
@@ -156,28 +159,41 @@ def save_model(
     tokenizer,
     out: str | Path,
     *,
-    processor_config: ProcessorConfig | None = None,
+    processor_config: Any | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Save an HF folder (config, safetensors weights, tokenizer, chat template, preprocessor configs).
 
     Everything is written into a temporary sibling folder that is renamed to `out` at the end, so a crash
-    never leaves a half-written model under `out`. `processor_config` defaults to the one the model was
-    loaded with (else Qwen2.5-VL defaults). Raises ModelError if `out` exists and not `overwrite`.
-    Returns the path of the saved folder.
+    never leaves a half-written model under `out`. `processor_config` (an `adapter.processor_config_class`)
+    defaults to the one the model was loaded with (else the family's defaults). Raises ModelError if `out`
+    exists and not `overwrite`, and for a folder that cannot be written (read-only, no space, a path through
+    a file). Returns the path of the saved folder.
     """
     adapter = wrap_model(model)
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise ModelError(f"{out} already exists; choose a new folder or allow overwriting")
     if processor_config is None:
-        processor_config = getattr(adapter, "processor_config", None) or ProcessorConfig()
+        processor_config = getattr(adapter, "processor_config", None) or adapter.processor_config_class()
+    try:
+        _save_atomically(adapter, tokenizer, processor_config, out)
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(out) else ""
+        raise ModelError(
+            f"cannot save the model to {out}: {reason}{where}; choose a writable folder"
+        ) from None
+    return out
+
+
+def _save_atomically(adapter: ModelAdapter, tokenizer, processor_config: Any, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         adapter.model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        write_processor_config(tmp, processor_config)
+        processor_config.write(tmp)
         _readable_by_all(tmp)
         if out.exists():
             # Two renames: the old folder is moved aside first and put back if the second rename fails.
@@ -194,7 +210,6 @@ def save_model(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def _readable_by_all(folder: Path) -> None:

@@ -34,6 +34,15 @@ class ProcessorConfig:
     image_min_pixels: int = IMAGE_MIN_PIXELS
     image_max_pixels: int = IMAGE_MAX_PIXELS
 
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> ProcessorConfig:
+        """`read_processor_config(folder)` (the `ModelAdapter.processor_config_class` interface)."""
+        return read_processor_config(folder)
+
+    def write(self, folder: str | Path) -> None:
+        """`write_processor_config(folder, self)` (the `ModelAdapter.processor_config_class` interface)."""
+        write_processor_config(folder, self)
+
 
 def read_processor_config(folder: str | Path) -> ProcessorConfig:
     """Read a model folder's preprocessing settings; Qwen2.5-VL defaults for what is absent.

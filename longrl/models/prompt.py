@@ -22,9 +22,20 @@ from dataclasses import dataclass
 
 import torch
 
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-VISION_START, VISION_END, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"
-THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+# Token strings are defined once, with the vocabulary (tokenizer.py), and the video-token count once, with
+# the adapter interface (base.py); both are importable from here, where the format uses them.
+from longrl.models.base import num_video_tokens as num_video_tokens
+from longrl.models.tokenizer import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    IM_END,
+    IM_START,
+    THINK_CLOSE,
+    THINK_OPEN,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+)
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Watch the video and answer the question. "
@@ -34,12 +45,6 @@ SYSTEM_PROMPT = (
 )
 
 IGNORE_INDEX = -100  # label value the loss skips (prompt and padding)
-
-
-def num_video_tokens(grid_thw: Sequence[int] | torch.Tensor, merge_size: int = 2) -> int:
-    """Video-pad tokens for one video of patch grid (t, h, w): t*h*w // merge_size**2."""
-    t, h, w = (int(x) for x in grid_thw)
-    return t * h * w // merge_size**2
 
 
 def option_letter(i: int) -> str:
@@ -84,8 +89,10 @@ def format_response(think: str, answer: str) -> str:
     return f"{THINK_OPEN}{think.strip()}{THINK_CLOSE}{ANSWER_OPEN}{answer.strip()}{ANSWER_CLOSE}"
 
 
-_RESPONSE_RE = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_THINK = f"{re.escape(THINK_OPEN)}(.*?){re.escape(THINK_CLOSE)}"
+_ANSWER = f"{re.escape(ANSWER_OPEN)}(.*?){re.escape(ANSWER_CLOSE)}"
+_RESPONSE_RE = re.compile(rf"^\s*{_THINK}\s*{_ANSWER}\s*$", re.DOTALL)
+_ANSWER_RE = re.compile(_ANSWER, re.DOTALL)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import DynamicCache
 
 from longrl.models.base import ModelAdapter, MultimodalInputs
+from longrl.models.processor_config import ProcessorConfig
+from longrl.video.qwen_layout import FrameResizer, QwenVideoConfig, QwenVideoInputs, preprocess_videos
 
 # Values of mm_token_type_ids in transformers' Qwen-VL code.
 TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
@@ -25,12 +28,30 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     """Adapter over `transformers.Qwen2_5_VLForConditionalGeneration`."""
 
     family = "qwen2_5_vl"
+    processor_config_class = ProcessorConfig
 
     @classmethod
     def hf_model_class(cls) -> type[nn.Module]:
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         return Qwen2_5_VLForConditionalGeneration
+
+    # ---- video preprocessing (longrl.video.qwen_layout: HF's Qwen2-VL video processor, reproduced) -----------
+    def frame_resizer(
+        self, config: QwenVideoConfig, device: torch.device | str | None = None
+    ) -> FrameResizer:
+        return FrameResizer(config, device)
+
+    def preprocess_videos(
+        self,
+        videos: Sequence[torch.Tensor | np.ndarray],
+        sampled_fps: Sequence[float],
+        config: QwenVideoConfig,
+        device: torch.device | str | None = None,
+        *,
+        resized: bool = False,
+    ) -> QwenVideoInputs:
+        return preprocess_videos(videos, sampled_fps, config, device, resized=resized)
 
     # ---- structure -------------------------------------------------------------------------------------------
     @property

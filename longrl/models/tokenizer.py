@@ -14,8 +14,9 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-# Special tokens, in id order (ids 0..6). Same strings as Qwen2.5-VL's tokenizer, so prompts written for the
-# real model work unchanged on the tiny one.
+# The one definition of the token strings (longrl.models.prompt imports them). Special tokens, in id order
+# (ids 0..6). Same strings as Qwen2.5-VL's tokenizer, so prompts written for the real model work unchanged on
+# the tiny one.
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -25,9 +26,10 @@ IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
 
-# Reasoning/answer tags: ordinary added tokens (not "special"), so `skip_special_tokens=True` keeps them
-# and the reward parser still sees them in decoded text.
-TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+# Reasoning/answer tags (the response format of longrl.models.prompt): ordinary added tokens (not "special"),
+# so `skip_special_tokens=True` keeps them and the reward parser still sees them in decoded text.
+THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+TAG_TOKENS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 # A Qwen2.5-VL style chat template. Content is a string, or a list of {"type": "text"|"video"|"image"} parts;
 # a video part becomes one <|video_pad|> that the prompt builder (or an HF processor) expands to n pads.

@@ -6,10 +6,12 @@
     batch = build_video_batch(adapter, tokenizer, [emb], ["What happens?"], [["a dog", "a cat"]])
     logits = adapter.logits(batch.inputs.inputs_embeds, batch.inputs.position_ids, batch.inputs.attention_mask)
 
-`encode_video_file`: decode + sample (`longrl.video.load_video`), resize + normalize + patchify
-(`preprocess_videos`, on the model's device), vision tower (`adapter.encode_video`), all behind the
-embedding cache: a hit neither decodes nor runs the tower. `build_video_batch`: prompt ids
-(`longrl.models.prompt`) with one video-pad token per embedding row, then `adapter.build_inputs`.
+`encode_video_file`: `load_video_pixels` (decode + sample with `longrl.video.load_video`, frames resized by
+`adapter.frame_resizer` as they are decoded, then normalize + patchify with `adapter.preprocess_videos`, on
+the model's device), vision tower (`adapter.encode_video`), all behind the embedding cache: a hit neither
+decodes nor runs the tower. `build_video_batch`: prompt ids (`longrl.models.prompt`) with one video-pad token
+per embedding row, then `adapter.build_inputs`. Nothing here is specific to a model family: `video_config`
+is whatever the adapter's preprocessing takes (`load_model`'s third value).
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from longrl.models.base import ModelAdapter, MultimodalInputs
+from longrl.models.base import ModelAdapter, MultimodalInputs, VideoPixelInputs
 from longrl.models.embedding_store import EmbeddingStore, VideoEmbedding, video_key_parts
 from longrl.models.prompt import SYSTEM_PROMPT, build_prompt_ids, pad_batch
 from longrl.video.decode import DEFAULT_BACKEND
-from longrl.video.load import load_video
-from longrl.video.qwen_layout import QwenVideoConfig, preprocess_videos
+from longrl.video.load import SampledVideo, load_video
 from longrl.video.sampling import SamplingConfig
 
 
@@ -33,7 +35,7 @@ def video_cache_parts(
     adapter: ModelAdapter,
     path: str | os.PathLike,
     sampling: SamplingConfig,
-    video_config: QwenVideoConfig,
+    video_config: Any,
     *,
     backend: str = DEFAULT_BACKEND,
     start_s: float = 0.0,
@@ -41,8 +43,9 @@ def video_cache_parts(
     content_hash: bool = False,
 ) -> dict:
     """The embedding-cache key parts of one video span: the file's identity, the sampling (config, span,
-    decoder), the preprocessing (the whole QwenVideoConfig: budgets, patch sizes, mean/std, plus the device
-    type, since CPU and GPU resizing differ by a few levels) and the vision weights' fingerprint.
+    decoder), the preprocessing (the whole video config, e.g. QwenVideoConfig: budgets, patch sizes,
+    mean/std, plus the device type, since CPU and GPU resizing differ by a few levels) and the vision
+    weights' fingerprint.
 
     Raises VideoError naming the file when it cannot be stat'ed.
     """
@@ -60,12 +63,42 @@ def video_cache_parts(
     )
 
 
+def load_video_pixels(
+    adapter: ModelAdapter,
+    path: str | os.PathLike,
+    sampling: SamplingConfig,
+    video_config: Any,
+    *,
+    backend: str = DEFAULT_BACKEND,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    isolate: bool = True,
+) -> tuple[SampledVideo, VideoPixelInputs]:
+    """Decode, sample and preprocess the span [start_s, end_s) of the video at `path` for `adapter`, with
+    bounded memory: frames are resized (`adapter.frame_resizer`) chunk by chunk as they are decoded, then
+    normalized and patchified (`adapter.preprocess_videos`) chunk by chunk on the model's device.
+
+    Returns (the sampled video, whose `frames` are the resized frames; the vision tower's inputs for it:
+    pixel_values_videos [t*h*w, C*tp*p*p] float32, video_grid_thw [1, 3], second_per_grid_ts [1]), bit-identical
+    to `adapter.preprocess_videos([load_video(...).frames], ...)` on full-size frames. Raises VideoError
+    naming the file.
+    """
+    resizer = adapter.frame_resizer(video_config, adapter.device)
+    video = load_video(
+        path, sampling, backend, start_s=start_s, end_s=end_s, isolate=isolate, transform=resizer
+    )
+    pixels = adapter.preprocess_videos(
+        [video.frames], [video.sampled_fps], video_config, adapter.device, resized=resizer is not None
+    )
+    return video, pixels
+
+
 def encode_video_file(
     adapter: ModelAdapter,
     store: EmbeddingStore | None,
     path: str | os.PathLike,
     sampling: SamplingConfig,
-    video_config: QwenVideoConfig,
+    video_config: Any,
     *,
     backend: str = DEFAULT_BACKEND,
     start_s: float = 0.0,
@@ -93,8 +126,16 @@ def encode_video_file(
     )
 
     def encode() -> VideoEmbedding:
-        video = load_video(path, sampling, backend, start_s=start_s, end_s=end_s, isolate=isolate)
-        pixels = preprocess_videos([video.frames], [video.sampled_fps], video_config, adapter.device)
+        video, pixels = load_video_pixels(
+            adapter,
+            path,
+            sampling,
+            video_config,
+            backend=backend,
+            start_s=start_s,
+            end_s=end_s,
+            isolate=isolate,
+        )
         (embeds,) = adapter.encode_video(pixels.pixel_values_videos, pixels.video_grid_thw)
         return VideoEmbedding(
             embeds=embeds,

@@ -4,6 +4,9 @@
     video = load_video("clip.mp4", SamplingConfig(num_frames=16))  # uint8 [16, H, W, 3] + timestamps
     inputs = preprocess_videos([video.frames], [video.sampled_fps])  # pixel_values_videos, video_grid_thw
 
+Long videos: `load_video(..., transform=FrameResizer(config, device))` resizes frames while they are
+decoded; then `preprocess_videos(..., resized=True)` (same result, bit for bit, without a full-size copy).
+
 Modules: `decode` (probe + decode, crash/hang safe), `sampling` (which frames), `load` (both together),
 `qwen_layout` (resize, normalize, patchify; reads a model folder's video settings), `probe` (the child-process script).
 """
@@ -11,6 +14,7 @@ Modules: `decode` (probe + decode, crash/hang safe), `sampling` (which frames), 
 from longrl.video.decode import (
     BACKENDS,
     DecodedFrames,
+    FrameTransform,
     VideoInfo,
     check_backend,
     clear_probe_cache,
@@ -21,6 +25,7 @@ from longrl.video.load import SampledVideo, load_clips, load_video
 from longrl.video.qwen_layout import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
+    FrameResizer,
     QwenVideoConfig,
     QwenVideoInputs,
     patchify,
@@ -46,6 +51,8 @@ __all__ = [
     "OPENAI_CLIP_STD",
     "DecodedFrames",
     "FramePlan",
+    "FrameResizer",
+    "FrameTransform",
     "QwenVideoConfig",
     "QwenVideoInputs",
     "SampledVideo",

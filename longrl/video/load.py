@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from longrl.errors import VideoError
-from longrl.video.decode import DEFAULT_BACKEND, VideoInfo, decode_frames, probe_video
+from longrl.video.decode import DEFAULT_BACKEND, FrameTransform, VideoInfo, decode_frames, probe_video
 from longrl.video.sampling import (
     DEFAULT_CLIP_S,
     FramePlan,
@@ -23,13 +24,14 @@ from longrl.video.sampling import (
 class SampledVideo:
     """Frames sampled from one span [start_s, end_s) of a video.
 
-    frames: uint8 [n, H, W, 3] RGB. indices: int64 [n] frame numbers. timestamps_s: float64 [n], the decoder's
+    frames: uint8 [n, H, W, 3] RGB (or the rows of the `transform` given to `load_video`, e.g. frames already
+    resized for the model). indices: int64 [n] frame numbers. timestamps_s: float64 [n], the decoder's
     presentation time of each frame (use these in prompts). sampled_fps: n / (end_s - start_s), for Qwen's
     second_per_grid_ts.
     """
 
     info: VideoInfo
-    frames: np.ndarray
+    frames: Any
     indices: np.ndarray
     timestamps_s: np.ndarray
     start_s: float
@@ -58,15 +60,18 @@ def load_video(
     start_s: float = 0.0,
     end_s: float | None = None,
     isolate: bool = True,
+    transform: FrameTransform | None = None,
 ) -> SampledVideo:
     """Sample frames from [start_s, end_s) (default: the whole video) of the video at `path` and decode them.
 
-    Raises VideoError naming the file and the reason (see `longrl.video.decode`), including a video shorter
-    than the request when `sampling.on_short == "error"`.
+    `transform(frames, num_frames)` is applied per chunk while decoding (see `decode_frames`); use it to
+    resize frames as they arrive, so a long video is never held at full resolution. Raises VideoError naming
+    the file and the reason (see `longrl.video.decode`), including a video shorter than the request when
+    `sampling.on_short == "error"`.
     """
     info = probe_video(path, backend)
     plan = _plan(info, sampling, start_s, end_s)
-    decoded = decode_frames(info.path, plan.indices, info=info, isolate=isolate)
+    decoded = decode_frames(info.path, plan.indices, backend, info=info, isolate=isolate, transform=transform)
     return SampledVideo(
         info=info,
         frames=decoded.frames,
@@ -96,7 +101,8 @@ def load_clips(
         plans = plan_clips(info.num_frames, info.fps, sampling, clip_s)
     except TooFewFrames as exc:
         raise VideoError(f"{info.path}: too few frames in a clip: {exc} (on_short='error')") from None
-    decoded = decode_frames(info.path, np.concatenate([p.indices for p in plans]), info=info, isolate=isolate)
+    indices = np.concatenate([p.indices for p in plans])
+    decoded = decode_frames(info.path, indices, backend, info=info, isolate=isolate)
     clips, offset = [], 0
     for plan in plans:
         n = plan.indices.size

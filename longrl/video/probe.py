@@ -4,12 +4,15 @@ Native decoders (decord, FFmpeg behind PyAV) can segfault, abort or loop forever
 `longrl.video.decode` runs this file as a script in a fresh interpreter, with a timeout:
 
     python longrl/video/probe.py probe  --backend decord|pyav PATH
-    python longrl/video/probe.py decode --backend decord|pyav --indices 0,5,9 --out FRAMES.npz PATH
+    python longrl/video/probe.py decode --backend decord|pyav --indices 0,5,9 --chunk K --out-fd FD PATH
 
 `probe` prints one JSON line: {"ok": true, "backend", "num_frames", "fps", "width", "height"} or
 {"ok": false, "reason": "..."}. It opens the file, reads the frame count and rate, and decodes the first and
-the last frame (a file cut short usually fails there). `decode` writes the requested frames to an .npz file
-(used when the caller asks for fully isolated decoding) and prints the same kind of JSON line.
+the last frame (a file cut short usually fails there). `decode` streams the requested frames, K at a time,
+to the inherited file descriptor FD (a pipe the parent reads while the child decodes, so neither side ever
+holds more than a few chunks of full-resolution frames), then prints the same kind of JSON line. Each chunk
+on FD is: 4 little-endian int64 (k, height, width, channels), k float64 timestamps in seconds, then the
+k * height * width * channels uint8 RGB bytes (`write_chunk` / `CHUNK_HEADER`).
 
 This file imports only the standard library, numpy and the decoder (never torch or the rest of longrl), so the
 child starts in a fraction of a second. It is run by path, not with `-m`, for the same reason.
@@ -17,15 +20,24 @@ child starts in a fraction of a second. It is run by path, not with `-m`, for th
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import re
 import sys
-from collections.abc import Sequence
 
-import numpy as np
+# Run by path, this folder is sys.path[0], where its modules (decode.py, inspect.py, ...) would shadow the
+# standard library's for every import below (numpy imports `inspect`): drop it before anything else is
+# imported. (The parent also passes -P on Python >= 3.11, which never adds it; os and sys are loaded at
+# interpreter start, so they cannot be shadowed.)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import struct  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 
 class Unusable(Exception):
@@ -90,13 +102,17 @@ def probe_decord(path: str) -> dict:
     return {"num_frames": num_frames, "fps": fps, "height": int(first.shape[0]), "width": int(first.shape[1])}
 
 
-def decode_decord(path: str, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Frames at sorted unique `indices` -> (uint8 [N, H, W, 3], float64 seconds [N]) with decord."""
+def iter_decord(path: str, indices: Sequence[int], chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Frames at sorted unique `indices`, `chunk` at a time -> (uint8 [k, H, W, 3], float64 seconds [k]),
+    with decord (which seeks to each frame's keyframe as needed)."""
     reader = _open_decord(path)
-    frames = reader.get_batch(list(indices)).asnumpy()
-    # get_frame_timestamp gives [start, end] seconds of each frame; the start is the frame's timestamp.
-    stamps = np.asarray(reader.get_frame_timestamp(list(indices)), dtype=np.float64).reshape(-1, 2)[:, 0]
-    return np.ascontiguousarray(frames, dtype=np.uint8), stamps
+    wanted = list(indices)
+    for start in range(0, len(wanted), chunk):
+        part = wanted[start : start + chunk]
+        frames = reader.get_batch(part).asnumpy()
+        # get_frame_timestamp gives [start, end] seconds of each frame; the start is the frame's timestamp.
+        stamps = np.asarray(reader.get_frame_timestamp(part), dtype=np.float64).reshape(-1, 2)[:, 0]
+        yield np.ascontiguousarray(frames, dtype=np.uint8), stamps
 
 
 # ------------------------------------------------------------------------------------------------------- PyAV
@@ -178,8 +194,9 @@ def probe_pyav(path: str) -> dict:
     return {"num_frames": int(num_frames), "fps": fps, "height": int(height), "width": int(width)}
 
 
-def decode_pyav(path: str, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Frames at sorted unique `indices` -> (uint8 [N, H, W, 3], float64 seconds [N]) with PyAV.
+def iter_pyav(path: str, indices: Sequence[int], chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Frames at sorted unique `indices`, `chunk` at a time -> (uint8 [k, H, W, 3], float64 seconds [k]),
+    with PyAV.
 
     Decodes sequentially from the start and counts frames in presentation order, so frame i is exactly the
     i-th frame whatever the timestamps are (variable frame rate included). The cost grows with the position of
@@ -201,6 +218,9 @@ def decode_pyav(path: str, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarr
                 pts = frame.pts if frame.pts is not None else position
                 stamps.append(float((pts - origin) * stream.time_base))
                 cursor += 1
+                if len(frames) == chunk:
+                    yield _stack(frames), np.asarray(stamps, dtype=np.float64)
+                    frames, stamps = [], []
             position += 1
             if cursor == len(wanted):
                 break
@@ -209,13 +229,44 @@ def decode_pyav(path: str, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarr
             f"only {decoded} frames can be decoded but frame {wanted[cursor]} was requested; the file is "
             "truncated or corrupt"
         )
-    return np.stack(frames).astype(np.uint8, copy=False), np.asarray(stamps, dtype=np.float64)
+    if frames:
+        yield _stack(frames), np.asarray(stamps, dtype=np.float64)
+
+
+def _stack(frames: list[np.ndarray]) -> np.ndarray:
+    if any(f.shape != frames[0].shape for f in frames):
+        raise Unusable("the frame size changes within the video stream, which is not supported")
+    return np.stack(frames).astype(np.uint8, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------- frame stream
+
+CHUNK_HEADER = struct.Struct("<4q")  # k, height, width, channels
+
+
+def write_chunk(out, frames: np.ndarray, stamps: np.ndarray) -> None:
+    """Write one chunk (uint8 [k, H, W, C] frames, float64 [k] seconds) to the binary stream `out`."""
+    out.write(CHUNK_HEADER.pack(*frames.shape))
+    out.write(np.ascontiguousarray(stamps, dtype="<f8").tobytes())
+    out.write(memoryview(np.ascontiguousarray(frames)).cast("B"))
 
 
 # ------------------------------------------------------------------------------------------------ child entry
 
 PROBERS = {"decord": probe_decord, "pyav": probe_pyav}
-DECODERS = {"decord": decode_decord, "pyav": decode_pyav}
+ITERATORS = {"decord": iter_decord, "pyav": iter_pyav}
+
+
+def _decode(args: argparse.Namespace) -> dict:
+    indices = [int(i) for i in args.indices.split(",") if i]
+    sent = 0
+    # The parent owns the read end; closing ours (with the file) at the end is its end-of-stream.
+    with open(args.out_fd, "wb", closefd=True) as out:
+        for frames, stamps in ITERATORS[args.backend](args.path, indices, max(1, args.chunk)):
+            write_chunk(out, frames, stamps)
+            out.flush()
+            sent += frames.shape[0]
+    return {"ok": True, "backend": args.backend, "frames": sent}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,21 +275,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("path")
     parser.add_argument("--backend", choices=sorted(PROBERS), required=True)
     parser.add_argument("--indices", default="", help="comma-separated sorted frame indices (decode)")
-    parser.add_argument("--out", default="", help="where decode writes frames and timestamps (.npz)")
+    parser.add_argument("--chunk", type=int, default=64, help="frames per chunk on the stream (decode)")
+    parser.add_argument("--out-fd", type=int, default=-1, help="file descriptor decode streams frames to")
     args = parser.parse_args(argv)
-    # Run by path, this folder is sys.path[0]: drop it so its modules (decode.py, load.py...) shadow nothing.
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     try:
         if args.command == "probe":
             result = {"ok": True, "backend": args.backend, **PROBERS[args.backend](args.path)}
         else:
-            indices = [int(i) for i in args.indices.split(",") if i]
-            frames, stamps = DECODERS[args.backend](args.path, indices)
-            np.savez(args.out, frames=frames, timestamps=stamps)
-            result = {"ok": True, "backend": args.backend}
+            result = _decode(args)
     except Unusable as exc:
         result = {"ok": False, "reason": str(exc)}
+    except BrokenPipeError:
+        result = {"ok": False, "reason": "the parent stopped reading the frames"}
     except Exception as exc:  # any other decoder error is still a property of the file
         result = {"ok": False, "reason": f"{args.backend} failed ({describe_error(exc)})"}
     sys.stdout.write(json.dumps(result) + "\n")

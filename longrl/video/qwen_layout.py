@@ -18,6 +18,10 @@ Reproduces transformers' `Qwen2VLVideoProcessor` (which needs torchvision, absen
    row, block col, row in merge window, col in merge window) - merge-window-major, so the 2x2 patches merged
    into one token are adjacent rows - and within a row the values in order (channel, frame in temporal patch,
    y, x).
+
+Memory: steps 2-4 run a chunk of frames at a time (per frame, per temporal patch: bit-identical to one piece)
+into one preallocated output, and `FrameResizer` lets the decoder resize frames as they arrive, so a long
+video is never held whole at full resolution or as floats before resizing.
 """
 
 from __future__ import annotations
@@ -309,28 +313,138 @@ def patchify(
 def _as_tchw(frames: torch.Tensor | np.ndarray, device: torch.device | str | None) -> torch.Tensor:
     """uint8 frames [T, H, W, C] (numpy or torch) -> contiguous uint8 tensor [T, C, H, W] on `device`."""
     video = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
-    if video.dtype != torch.uint8 or video.ndim != 4 or video.shape[-1] not in (1, 3):
-        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {video.dtype} {tuple(video.shape)}")
+    _check_frames(video)
     if video.shape[-1] == 1:
         video = video.expand(-1, -1, -1, 3)
     video = video.permute(0, 3, 1, 2).contiguous()
     return video if device is None else video.to(device)
 
 
+def _check_frames(frames: torch.Tensor | np.ndarray) -> None:
+    uint8 = frames.dtype == (np.uint8 if isinstance(frames, np.ndarray) else torch.uint8)
+    if not uint8 or frames.ndim != 4 or frames.shape[-1] not in (1, 3) or frames.shape[0] < 1:
+        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+
+
+# Work memory of one preprocessing step: frames are resized, normalized and patchified this many bytes' worth
+# at a time (a chunk of frames at full resolution, its float copies at the resized size), so the float copies
+# of a long video are never made whole. Every step is per frame (per temporal patch for patchify), so the
+# result is bit-identical to processing the video in one piece.
+CHUNK_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class FrameResizer:
+    """The resize step of `preprocess_video`, to run on chunks of frames while they are decoded (a
+    `longrl.video.decode.FrameTransform`), so a long video is never held at full resolution.
+
+    `resizer(frames, num_frames)`: frames uint8 [k, H, W, 3] (numpy or torch) of a video of `num_frames`
+    frames -> uint8 tensor [k, h, w, 3] on `device`, (h, w) = target_size(num_frames, H, W, config). The same
+    code on the same device as inside preprocess_video, so bit-identical; then call
+    preprocess_video(..., resized=True).
+    """
+
+    config: QwenVideoConfig
+    device: torch.device | str | None = None
+
+    def __call__(self, frames: torch.Tensor | np.ndarray, num_frames: int) -> torch.Tensor:
+        video = _as_tchw(frames, self.device)
+        height, width = target_size(num_frames, video.shape[2], video.shape[3], self.config)
+        return resize_frames(video, height, width).permute(0, 2, 3, 1)
+
+
+def _layout(
+    frames: torch.Tensor | np.ndarray, config: QwenVideoConfig, resized: bool
+) -> tuple[tuple[int, int], tuple[int, int, int]]:
+    """((height, width) after resizing, (grid_t, grid_h, grid_w)) of one video's frames [T, H, W, C]."""
+    _check_frames(frames)
+    num_frames, height, width = (int(x) for x in frames.shape[:3])
+    if resized:
+        if height % config.factor or width % config.factor:
+            raise ValueError(
+                f"resized frames must have sides that are multiples of {config.factor}, got {height}x{width}"
+            )
+        size = (height, width)
+    else:
+        size = target_size(num_frames, height, width, config)
+    grid_t = -(-num_frames // config.temporal_patch_size)
+    return size, (grid_t, size[0] // config.patch_size, size[1] // config.patch_size)
+
+
+def _chunk_frames(frames_shape: Sequence[int], size: tuple[int, int], config: QwenVideoConfig) -> int:
+    """Frames per step: about CHUNK_BYTES of work memory, a multiple of the temporal patch size."""
+    height, width = frames_shape[1:3]
+    # uint8 input + its float32 copy (GPU resize), then uint8 resized + normalized + patchified float32.
+    per_frame = 3 * (5 * height * width + 9 * size[0] * size[1])
+    tp = config.temporal_patch_size
+    return max(tp, CHUNK_BYTES // per_frame // tp * tp)
+
+
+def _write_rows(
+    out: torch.Tensor,
+    frames: torch.Tensor | np.ndarray,
+    size: tuple[int, int],
+    config: QwenVideoConfig,
+    device: torch.device | str | None,
+    chunk_frames: int,
+) -> None:
+    """Resize, normalize and patchify `frames` chunk by chunk into the rows `out` [t*h*w, C*tp*p*p]."""
+    row = 0
+    for start in range(0, frames.shape[0], chunk_frames):
+        video = _as_tchw(frames[start : start + chunk_frames], device)
+        video = resize_frames(video, *size)
+        video = normalize_frames(video, config.image_mean, config.image_std, config.rescale_factor)
+        # Chunks hold whole temporal patches (chunk_frames is a multiple of tp), so only the last one pads.
+        rows, _ = patchify(video, config.patch_size, config.temporal_patch_size, config.merge_size)
+        out[row : row + rows.shape[0]] = rows
+        row += rows.shape[0]
+
+
+def _checked_chunk(
+    chunk_frames: int | None,
+    frames: torch.Tensor | np.ndarray,
+    size: tuple[int, int],
+    config: QwenVideoConfig,
+) -> int:
+    if chunk_frames is None:
+        return _chunk_frames(frames.shape, size, config)
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    tp = config.temporal_patch_size
+    return -(-chunk_frames // tp) * tp
+
+
+def _default_device(frames: torch.Tensor | np.ndarray, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return frames.device if isinstance(frames, torch.Tensor) else torch.device("cpu")
+
+
 def preprocess_video(
     frames: torch.Tensor | np.ndarray,
     config: QwenVideoConfig = QwenVideoConfig(),
     device: torch.device | str | None = None,
+    *,
+    resized: bool = False,
+    chunk_frames: int | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """One video's uint8 frames [T, H, W, 3] -> (pixel rows float32 [t*h*w, 1176], (grid_t, grid_h, grid_w)).
 
-    Runs on `device` (default: where `frames` are; numpy frames go to CPU): resize, normalize, patchify.
+    Runs on `device` (default: where `frames` are; numpy frames go to CPU): resize, normalize, patchify, a
+    chunk of `chunk_frames` frames at a time (default: about CHUNK_BYTES of work memory; rounded up to a
+    multiple of temporal_patch_size), written into one preallocated output, so no full-resolution or float
+    copy of the whole video is ever made. resized=True: the frames are already at their target size (from
+    `FrameResizer` with the same config and frame count); they are not resized again.
     """
-    video = _as_tchw(frames, device)
-    height, width = target_size(video.shape[0], video.shape[2], video.shape[3], config)
-    video = resize_frames(video, height, width)
-    video = normalize_frames(video, config.image_mean, config.image_std, config.rescale_factor)
-    return patchify(video, config.patch_size, config.temporal_patch_size, config.merge_size)
+    size, grid = _layout(frames, config, resized)
+    chunk = _checked_chunk(chunk_frames, frames, size, config)
+    out = torch.empty(
+        (grid[0] * grid[1] * grid[2], 3 * config.temporal_patch_size * config.patch_size**2),
+        dtype=torch.float32,
+        device=_default_device(frames, device),
+    )
+    _write_rows(out, frames, size, config, device, chunk)
+    return out, grid
 
 
 def preprocess_videos(
@@ -338,25 +452,36 @@ def preprocess_videos(
     sampled_fps: Sequence[float],
     config: QwenVideoConfig = QwenVideoConfig(),
     device: torch.device | str | None = None,
+    *,
+    resized: bool = False,
+    chunk_frames: int | None = None,
 ) -> QwenVideoInputs:
     """A batch of videos (each uint8 [T_i, H_i, W_i, 3]) -> QwenVideoInputs, as HF's processor returns them.
 
     sampled_fps[i] is the rate of the frames sampled from video i (`FramePlan.sampled_fps`); it gives
-    second_per_grid_ts[i] = temporal_patch_size / sampled_fps[i]. Rows of all videos are concatenated in
-    order.
+    second_per_grid_ts[i] = temporal_patch_size / sampled_fps[i]. Rows of all videos are written in order into
+    one output on `device` (default: where the first video is). `resized` and `chunk_frames`: as in
+    `preprocess_video`.
     """
     if len(videos) != len(sampled_fps):
         raise ValueError(f"{len(videos)} videos but {len(sampled_fps)} sampled_fps values")
     if not videos:
         raise ValueError("no videos")
-    rows, grids = [], []
-    for frames in videos:
-        pixels, grid = preprocess_video(frames, config, device)
-        rows.append(pixels)
-        grids.append(grid)
-    out_device = rows[0].device
+    layouts = [_layout(frames, config, resized) for frames in videos]
+    grids = [grid for _, grid in layouts]
+    out_device = _default_device(videos[0], device)
+    out = torch.empty(
+        (sum(t * h * w for t, h, w in grids), 3 * config.temporal_patch_size * config.patch_size**2),
+        dtype=torch.float32,
+        device=out_device,
+    )
+    row = 0
+    for frames, (size, (t, h, w)) in zip(videos, layouts, strict=True):
+        chunk = _checked_chunk(chunk_frames, frames, size, config)
+        _write_rows(out[row : row + t * h * w], frames, size, config, device, chunk)
+        row += t * h * w
     return QwenVideoInputs(
-        pixel_values_videos=torch.cat(rows),
+        pixel_values_videos=out,
         video_grid_thw=torch.tensor(grids, dtype=torch.int64, device=out_device),
         second_per_grid_ts=torch.tensor(
             [config.temporal_patch_size / fps for fps in sampled_fps], dtype=torch.float32, device=out_device

@@ -17,9 +17,12 @@ Rules (all documented in `SamplingConfig`):
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
+
+from longrl.errors import ConfigError
 
 ON_SHORT = ("repeat", "cap", "error")
 DEFAULT_CLIP_S = 10.0
@@ -41,6 +44,7 @@ class SamplingConfig:
     max_frames / min_frames: bounds for "fps" mode.
     frame_multiple: the count is a multiple of this (Qwen2.5-VL's temporal patch size, 2).
     on_short: what to do when the span has fewer frames than the count: "repeat" | "cap" | "error".
+    A bad value raises `longrl.errors.ConfigError` naming the field.
     """
 
     num_frames: int | None = None
@@ -51,21 +55,35 @@ class SamplingConfig:
     on_short: str = "repeat"
 
     def __post_init__(self) -> None:
+        """Check every field; ConfigError naming the field and the value (these come from flags and configs)."""
+        for name in ("num_frames", "max_frames", "min_frames", "frame_multiple"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise ConfigError(f"sampling {name} must be an integer, got {value!r}")
+        if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, numbers.Real)):
+            raise ConfigError(f"sampling fps must be a number, got {self.fps!r}")
         if (self.num_frames is None) == (self.fps is None):
-            raise ValueError("set exactly one of num_frames and fps")
+            raise ConfigError(
+                "sampling needs exactly one of num_frames and fps, got "
+                f"num_frames={self.num_frames!r}, fps={self.fps!r}"
+            )
         if self.num_frames is not None and self.num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+            raise ConfigError(f"sampling num_frames must be >= 1, got {self.num_frames}")
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
-            raise ValueError(f"fps must be a positive number, got {self.fps}")
+            raise ConfigError(f"sampling fps must be a positive number, got {self.fps}")
         if self.frame_multiple < 1:
-            raise ValueError(f"frame_multiple must be >= 1, got {self.frame_multiple}")
-        if self.max_frames < self.frame_multiple or self.min_frames < 1 or self.min_frames > self.max_frames:
-            raise ValueError(
-                f"need 1 <= min_frames <= max_frames and max_frames >= frame_multiple, got min_frames="
-                f"{self.min_frames}, max_frames={self.max_frames}, frame_multiple={self.frame_multiple}"
+            raise ConfigError(f"sampling frame_multiple must be >= 1, got {self.frame_multiple}")
+        if self.min_frames < 1:
+            raise ConfigError(f"sampling min_frames must be >= 1, got {self.min_frames}")
+        if self.max_frames < max(self.min_frames, self.frame_multiple):
+            raise ConfigError(
+                f"sampling max_frames must be >= min_frames ({self.min_frames}) and >= frame_multiple "
+                f"({self.frame_multiple}), got {self.max_frames}"
             )
         if self.on_short not in ON_SHORT:
-            raise ValueError(f"on_short must be one of {ON_SHORT}, got {self.on_short!r}")
+            raise ConfigError(
+                f"sampling on_short must be one of {', '.join(ON_SHORT)}, got {self.on_short!r}"
+            )
 
 
 @dataclass(frozen=True)
