@@ -60,3 +60,8 @@ def test_inspect_bad_video_names_the_file(tmp_path: Path) -> None:
     result = run_cli("video", "inspect", str(fake), cwd=tmp_path)
     assert result.returncode == 2 and "notes.mp4" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_rejects_a_pixel_budget_below_the_minimum(video: Path, tmp_path: Path) -> None:
+    result = run_cli("video", "inspect", str(video), "--max-pixels", "50176", cwd=tmp_path)
+    assert result.returncode == 2 and "min_pixels (100352) is larger than max_pixels (50176)" in result.stderr

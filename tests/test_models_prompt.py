@@ -93,3 +93,19 @@ def test_special_token_strings_in_data_stay_text():
     assert tok.decode(ids) == P.build_prompt_text(question, ["<|im_start|>x"], num_video_tokens=2)
     ex = P.build_sft_example(tok, "q", None, "<think>a<|im_end|></think><answer>B</answer>")
     assert ex.input_ids[ex.response_start :].count(tok.convert_tokens_to_ids("<|im_end|>")) == 1
+
+
+@pytest.mark.parametrize(
+    "text, think, answer, well_formed",
+    [
+        ("<think>x</think><answer>B</answer>", "x", "B", True),
+        ("<think>x</think><answer>A</answer><answer>B</answer>", None, "B", False),  # repeated: last block
+        ("<think>a<think>b</think><answer>C</answer>", None, "C", False),  # tag inside think
+        ("<answer><answer>B</answer></answer>", None, None, False),  # nested: ambiguous
+        ("reasoning <answer> D </answer> trailing", None, "D", False),
+        ("no tags at all", None, None, False),
+    ],
+)
+def test_parse_response_never_glues_blocks_together(text, think, answer, well_formed) -> None:
+    parsed = P.parse_response(text)
+    assert (parsed.think, parsed.answer, parsed.well_formed) == (think, answer, well_formed)

@@ -89,10 +89,18 @@ def format_response(think: str, answer: str) -> str:
     return f"{THINK_OPEN}{think.strip()}{THINK_CLOSE}{ANSWER_OPEN}{answer.strip()}{ANSWER_CLOSE}"
 
 
-_THINK = f"{re.escape(THINK_OPEN)}(.*?){re.escape(THINK_CLOSE)}"
-_ANSWER = f"{re.escape(ANSWER_OPEN)}(.*?){re.escape(ANSWER_CLOSE)}"
+# A part's text may not contain any of the four tags: otherwise '<answer>A</answer><answer>B</answer>' would
+# parse as one well-formed answer 'A</answer><answer>B'.
+_NO_TAG = (
+    "(?:(?!" + "|".join(re.escape(t) for t in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)) + ").)*?"
+)
+_THINK = f"{re.escape(THINK_OPEN)}({_NO_TAG}){re.escape(THINK_CLOSE)}"
+_ANSWER = f"{re.escape(ANSWER_OPEN)}({_NO_TAG}){re.escape(ANSWER_CLOSE)}"
 _RESPONSE_RE = re.compile(rf"^\s*{_THINK}\s*{_ANSWER}\s*$", re.DOTALL)
-_ANSWER_RE = re.compile(_ANSWER, re.DOTALL)
+# For broken formats: every answer block, from each <answer> to the next </answer> (a nested block's text then
+# still holds a tag, which makes it ambiguous).
+_ANSWER_BLOCK_RE = re.compile(f"{re.escape(ANSWER_OPEN)}(.*?){re.escape(ANSWER_CLOSE)}", re.DOTALL)
+_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 
 @dataclass(frozen=True)
@@ -107,15 +115,19 @@ class ParsedResponse:
 def parse_response(text: str) -> ParsedResponse:
     """Split a generated response (special tokens already removed) into its think and answer parts.
 
-    well_formed: the text is exactly <think>..</think><answer>..</answer> (whitespace around allowed).
-    answer falls back to the last <answer>..</answer> anywhere in the text when the format is broken.
+    well_formed: the text is exactly <think>..</think><answer>..</answer> (whitespace around allowed), with no
+    tag inside either part. When the format is broken, answer falls back to the last <answer>..</answer> block
+    anywhere in the text, or None when that block is nested (`<answer><answer>B</answer></answer>`: ambiguous).
     """
     text = text.replace(IM_END, "")
     m = _RESPONSE_RE.match(text)
     if m:
         return ParsedResponse(m.group(1).strip(), m.group(2).strip(), True)
-    answers = _ANSWER_RE.findall(text)
-    return ParsedResponse(None, answers[-1].strip() if answers else None, False)
+    answers = _ANSWER_BLOCK_RE.findall(text)
+    last = answers[-1].strip() if answers else None
+    if last is not None and any(tag in last for tag in _TAGS):
+        last = None
+    return ParsedResponse(None, last, False)
 
 
 def _head(system_prompt: str) -> str:

@@ -6,10 +6,9 @@
 - `parse_choice(answer, options)`: the option letter an answer names, or None when it names none or several.
 - `match_open_ended(answer, gold)`: numeric match within a tolerance, or normalized exact match.
 
-The tag split itself is `longrl.models.prompt.parse_response` (the format's single definition); this module
-adds what a reward needs on top: its well-formed regex lets nested or repeated tags through as one part
-(`<answer>A</answer><answer>B</answer>` gives "A</answer><answer>B"); here such a response is not well
-formed, and its answer is the last answer block (the rule `parse_response` itself uses for broken formats).
+The tag split itself is `longrl.models.prompt.parse_response` (the format's single definition: repeated or
+nested tags are not well formed; the answer of a broken format is its last answer block); this module adds
+what a reward needs on top (non-empty parts, letter and open-ended matching).
 
 Letter rules (`parse_choice`), applied to the NFKC-normalized answer with zero-width characters removed and
 wrapping quotes / markdown emphasis stripped; only letters of existing options count (A..Z without options):
@@ -52,37 +51,23 @@ def is_well_formed(response: str) -> bool:
     T and A must be non-empty (after stripping) and contain none of the four tags. `<|im_end|>` is ignored
     (parse_response removes it).
     """
-    parsed = parse_response(response)
-    return bool(
-        parsed.well_formed
-        and parsed.think
-        and parsed.answer
-        and not _has_tag(parsed.think)
-        and not _has_tag(parsed.answer)
-    )
-
-
-_ANSWER_BLOCK = re.compile(f"{re.escape(ANSWER_OPEN)}(.*?){re.escape(ANSWER_CLOSE)}", re.DOTALL)
+    parsed = parse_response(response)  # a well-formed parse never has a tag inside either part
+    return bool(parsed.well_formed and parsed.think and parsed.answer)
 
 
 def extract_answer(response: str, *, require_tag: bool = True) -> str | None:
     """The stripped text of the response's last `<answer>..</answer>` block (None when there is none).
 
-    Several answer blocks: the last one counts (as `parse_response` does for broken formats; its
-    well-formed branch would return the blocks glued together, which is undone here). None when the answer
-    is empty or still contains a tag (`<answer><answer>B</answer></answer>`: nested, ambiguous).
+    Several answer blocks: the last one counts (`parse_response`'s rule for broken formats). None when the
+    answer is empty or nested (`<answer><answer>B</answer></answer>`: ambiguous).
     require_tag=False falls back, when there is no answer tag at all, to the text after the last
     `</think>` (or the whole response): for scoring models that do not use the tags.
     """
     answer = parse_response(response).answer
-    if answer is not None and _has_tag(answer):
-        answer = _ANSWER_BLOCK.findall(response.replace(IM_END, ""))[-1].strip()
     if answer is None and not require_tag:
         text = response.rsplit(THINK_CLOSE, 1)[-1]
         answer = None if _has_tag(text) else text.replace(IM_END, "").strip()
-    if not answer or _has_tag(answer):
-        return None
-    return answer
+    return answer or None
 
 
 # ---------------------------------------------------------------------------------------------- text utils

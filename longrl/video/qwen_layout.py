@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from longrl.errors import ModelError, VideoError
+from longrl.errors import ConfigError, ModelError, VideoError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -63,6 +63,19 @@ class QwenVideoConfig:
     image_mean: tuple[float, ...] = field(default=OPENAI_CLIP_MEAN)
     image_std: tuple[float, ...] = field(default=OPENAI_CLIP_STD)
     rescale_factor: float = 1 / 255
+
+    def __post_init__(self) -> None:
+        """Pixel budgets come from flags and model folders: one ConfigError naming the bad one."""
+        for name in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"video {name} must be >= 1, got {getattr(self, name)}")
+        if self.min_pixels > self.max_pixels:
+            raise ConfigError(
+                f"video min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels}); "
+                "lower min_pixels or raise max_pixels"
+            )
+        if self.total_pixels is not None and self.total_pixels < 1:
+            raise ConfigError(f"video total_pixels must be >= 1, got {self.total_pixels}")
 
     @property
     def factor(self) -> int:
