@@ -255,10 +255,8 @@ def encode_video_file_sharded(
     Same key, so sharded and single-process runs share cache entries (memory and disk tiers). On a miss every
     rank decodes and preprocesses the whole span, then encodes its temporal slice.
     """
-    from longrl.models.video_inputs import video_cache_parts
+    from longrl.models.video_inputs import load_video_pixels, video_cache_parts
     from longrl.video.decode import DEFAULT_BACKEND
-    from longrl.video.load import load_video
-    from longrl.video.qwen_layout import preprocess_videos
 
     backend = backend or DEFAULT_BACKEND
     parts = video_cache_parts(
@@ -267,8 +265,17 @@ def encode_video_file_sharded(
     )  # fmt: skip
 
     def load(_: int) -> VideoPixels:
-        video = load_video(path, sampling, backend, start_s=start_s, end_s=end_s, isolate=isolate)
-        pixels = preprocess_videos([video.frames], [video.sampled_fps], video_config, adapter.device)
+        # Bounded memory and family-neutral: frames are resized as they are decoded, by the adapter's rules.
+        video, pixels = load_video_pixels(
+            adapter,
+            path,
+            sampling,
+            video_config,
+            backend=backend,
+            start_s=start_s,
+            end_s=end_s,
+            isolate=isolate,
+        )
         return VideoPixels(
             pixels.pixel_values_videos,
             tuple(int(x) for x in pixels.video_grid_thw[0]),
