@@ -23,6 +23,7 @@ from helpers import non_contiguous, poison_, requires_cuda
 
 from longrl import _backend
 from longrl._ops.embedding_cache import (
+    HUGE_PAGE_OUTPUT_BYTES,
     PREFERENCES,
     EmbeddingCache,
     EntryTooLargeError,
@@ -675,6 +676,75 @@ def test_paged_copy_op(dtype) -> None:
         torch.ops.longrl.paged_copy_(
             dst, src.to(torch.float32 if dtype != torch.float32 else torch.float16), plan, 0.0
         )
+
+
+# The CPU kernel switches from plain to streaming (non-temporal) stores for calls writing >= 8 MiB.
+STREAM_BYTES = 8 << 20
+
+
+def _random_plan(dst_rows: int, src_rows: int, gen: torch.Generator) -> torch.Tensor:
+    """Segments covering dst rows 0..dst_rows in order: runs of 1..300 rows from random source rows, every
+    fifth a pad run, so segments start and end at every alignment a row size allows."""
+    plan, row = [], 0
+    while row < dst_rows:
+        n = min(int(torch.randint(1, 301, (1,), generator=gen)), dst_rows - row, src_rows)
+        src = -1 if len(plan) % 5 == 4 else int(torch.randint(0, src_rows - n + 1, (1,), generator=gen))
+        plan.append([row, src, n])
+        row += n
+    return torch.tensor(plan, dtype=torch.int64)
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("nbytes", [1 << 20, STREAM_BYTES + (1 << 20)], ids=["plain", "streaming"])
+def test_paged_copy_op_large_misaligned(dtype, nbytes) -> None:
+    # hidden 1001: rows of 2002/4004/8008 bytes, so most segments start off a 16-byte boundary; a dst that
+    # starts one row into its storage shifts them again. Exact equality (a copy).
+    gen = torch.Generator().manual_seed(13)
+    hidden = 1001
+    row_bytes = hidden * torch.empty((), dtype=dtype).element_size()
+    rows = -(-nbytes // row_bytes)
+    src = rand_entry(rows // 2 + 7, hidden, dtype, gen, specials=True)
+    storage = poison_(torch.empty(rows + 1, hidden, dtype=dtype))
+    dst = storage[1:]
+    plan = _random_plan(rows, src.shape[0], gen)
+    torch.ops.longrl.paged_copy_(dst, src, plan, -3.25)
+    expected = torch.empty_like(dst)
+    for d, r, n in plan.tolist():
+        expected[d : d + n] = src[r : r + n] if r >= 0 else -3.25
+    assert_bitwise(dst, expected)
+    assert torch.isnan(storage[0]).all()  # the row before dst is untouched
+
+
+@needs_extension
+@pytest.mark.parametrize("padded", [False, True], ids=["packed", "padded"])
+def test_get_many_large_fresh_output(padded) -> None:
+    # A fresh result over HUGE_PAGE_OUTPUT_BYTES (advised to use huge pages) written with streaming stores.
+    # Rows the kernel missed would hold whatever the fresh memory held, not the entries or the pad value.
+    gen = torch.Generator().manual_seed(14)
+    hidden, dtype = 1001, torch.bfloat16
+    sizes = [4100, 1, 777, 8200]
+    cache = make_cache("paged", pages=110, page_rows=128, hidden=hidden, dtype=dtype)
+    data = {f"k{i}": rand_entry(n, hidden, dtype, gen, specials=True) for i, n in enumerate(sizes)}
+    for k, x in data.items():
+        cache.put(k, x)
+    keys = ["k3", "k0", "k1", "k2", "k3"]
+    batch, _ = cache.get_many(keys, padded=padded, pad_value=-3.25, pad_to_multiple=8)
+    assert batch.numel() * batch.element_size() >= HUGE_PAGE_OUTPUT_BYTES > STREAM_BYTES
+    assert_bitwise(batch, expected_batch([data[k] for k in keys], padded, -3.25, 8, hidden, dtype))
+
+
+@needs_extension
+def test_advise_huge_pages_keeps_contents() -> None:
+    # A hint on memory already written: the data must survive (wrong advice, e.g. MADV_DONTNEED, zeroes it).
+    gen = torch.Generator().manual_seed(15)
+    for numel in (0, 3, (6 << 20) + 5):
+        x = rand_entry(1, numel, torch.float32, gen).view(-1)
+        kept = x.clone()
+        torch.ops.longrl.advise_huge_pages_(x)
+        assert_bitwise(x, kept)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        torch.ops.longrl.advise_huge_pages_(torch.zeros(4, 4).t())
 
 
 # ----------------------------------------------------------------------------------------------------------

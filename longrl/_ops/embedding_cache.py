@@ -16,13 +16,15 @@ Entries are 2-D embeddings [n_tokens, hidden_size] (one dtype and hidden size pe
     of being dropped, in an LRU of their own byte budget; a lookup that misses the slab but hits the host
     tier copies the entry back into the slab (and into the result) and counts a `host_hit`.
   * results are fresh tensors gathered from the pages, never views of the slab: an entry's pages are reused
-    as soon as it is evicted, so a view could change under the caller.
+    as soon as it is evicted, so a view could change under the caller. On the CPU a fresh result of 32 MiB
+    or more is advised to use transparent huge pages (Linux, where THP is "madvise" or "always"): first
+    writes to a new buffer otherwise cost one page fault per 4 KiB, most of the time of a large gather.
   * thread safety: one lock per cache is held around each whole operation (index update + its copies), so
     no copy can read pages that a concurrent put is evicting and overwriting. Copies are memory-bound and
-    already parallel inside one call (at::parallel_for / the whole GPU), so serializing calls costs little;
-    on CUDA the lock only covers launching the copies. Copies run on the caller's current stream; when a
-    call comes from a different stream than the previous one, it first waits for that stream, so slab reads
-    and writes happen in the order the lock granted them.
+    parallel inside one call (at::parallel_for in an OpenMP build / the whole GPU), so serializing calls
+    costs little; on CUDA the lock only covers launching the copies. Copies run on the caller's current
+    stream; when a call comes from a different stream than the previous one, it first waits for that
+    stream, so slab reads and writes happen in the order the lock granted them.
 
 `ReferenceEmbeddingCache` (backend "torch"): the plain "dict of tensors" (an OrderedDict LRU of cloned
 tensors) with the same API and the same accounting: entries are charged in whole pages of the same
@@ -52,6 +54,11 @@ PREFERENCES: dict[str, tuple[str, ...]] = {"cpu": ("cpp", "torch"), "cuda": ("cu
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 DEFAULT_PAGE_BYTES = 1 << 20
 MIN_DEFAULT_PAGES = 64  # default pages shrink below DEFAULT_PAGE_BYTES to give a small cache this many
+# A fresh CPU result of at least this size is advised to use transparent huge pages (advise_huge_pages_).
+# glibc's malloc serves every block this large with a mapping of its own (its mmap threshold never exceeds
+# 32 MiB), so the advice only ever covers memory of this result and goes away with it; smaller blocks may
+# sit in the heap, whose memory other allocations reuse.
+HUGE_PAGE_OUTPUT_BYTES = 32 << 20
 
 
 class EntryTooLargeError(LongRLError, ValueError):
@@ -509,6 +516,14 @@ class EmbeddingCache(_CacheBase):
     def _copy(self, dst: torch.Tensor, src: torch.Tensor, plan: torch.Tensor, pad_value: float = 0.0) -> None:
         if plan.shape[0]:
             torch.ops.longrl.paged_copy_(dst, src, plan, pad_value)
+
+    def _output(self, out: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+        fresh = out is None
+        out = super()._output(out, shape)
+        if fresh and self.device.type == "cpu" and out.numel() * out.element_size() >= HUGE_PAGE_OUTPUT_BYTES:
+            # Untouched memory: most of a large gather's time would go to 4 KiB page faults on first write.
+            torch.ops.longrl.advise_huge_pages_(out)
+        return out
 
     def _insert_locked(self, key: str, rows: torch.Tensor) -> None:
         """Reserve pages for `key` and scatter `rows` [n, hidden] (on the device) into them."""
