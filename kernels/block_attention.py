@@ -17,11 +17,10 @@ because the interpreter's bf16 arithmetic is wrong.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+from longrl.kernels._interpret import triton_interpreting
 
 
 @triton.jit
@@ -34,6 +33,20 @@ def _load_tile(ptr, rows, cols, stride_r, stride_c, n_rows, n_cols, UPCAST: tl.c
     if UPCAST:
         tile = tile.to(tl.float32)
     return tile
+
+
+@triton.jit
+def _recompute_probs(
+    q, k, lse, rows, cols, row_live, len_k, scale, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr
+):
+    """P = exp(q k^T * scale - lse) of a [rows, cols] tile, as the forward saw it (both backward kernels need
+    it); 0 where a key is out of range or causally hidden, and on rows that are not live (out of range, or
+    lse = -inf: no key seen, no gradient; exp(s - (-inf)) would be inf)."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
+    visible = row_live[:, None] & (cols < len_k)[None, :]
+    if CAUSAL:
+        visible = visible & (cols[None, :] <= rows[:, None])
+    return tl.where(visible, tl.exp(s - lse[:, None]), 0.0)
 
 
 @triton.jit
@@ -134,11 +147,8 @@ def _bwd_dkdv_kernel(
             do = _load_tile(do_base, rows, offs_d, s_om, s_od, len_q, dim, UPCAST)
             lse = tl.load(lse_ptr + row_base + rows, mask=row_ok, other=0.0)
             delta = tl.load(delta_ptr + row_base + rows, mask=row_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
-            visible = row_ok[:, None] & (cols < len_k)[None, :] & (lse != float("-inf"))[:, None]
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= rows[:, None])
-            p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)
+            row_live = row_ok & (lse != float("-inf"))
+            p = _recompute_probs(q, k, lse, rows, cols, row_live, len_k, scale, CAUSAL, DOT_PRECISION)
             dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             ds = p * (dp - delta[:, None])
@@ -188,11 +198,7 @@ def _bwd_dq_kernel(
         cols = start_n + offs_n
         k = _load_tile(k_base, cols, offs_d, s_kn, s_kd, len_k, dim, UPCAST)
         v = _load_tile(v_base, cols, offs_d, s_vn, s_vd, len_k, dim, UPCAST)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
-        visible = row_live[:, None] & (cols < len_k)[None, :]
-        if CAUSAL:
-            visible = visible & (cols[None, :] <= rows[:, None])
-        p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)
+        p = _recompute_probs(q, k, lse, rows, cols, row_live, len_k, scale, CAUSAL, DOT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -202,19 +208,15 @@ def _bwd_dq_kernel(
     tl.store(dq_ptr + dq_offs, dq.to(dq_ptr.dtype.element_ty), mask=mask)
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _config(t: torch.Tensor, block_m: int | None, block_n: int | None) -> dict:
     """Launch constants: tile sizes (>= 16 for tl.dot), operand precision and warps."""
-    upcast = t.dtype == torch.float32 or _interpreted() or not t.is_cuda
+    upcast = t.dtype == torch.float32 or triton_interpreting() or not t.is_cuda
     dim = t.shape[-1]
     block_d = max(16, triton.next_power_of_2(dim))
     if block_m is None or block_n is None:
         # Small tiles in the interpreter (tests then cross several blocks); 64x64 on the GPU (32 when the
         # fp32 tiles of a wide head would spill registers).
-        default = 16 if _interpreted() else (32 if upcast and block_d > 64 else 64)
+        default = 16 if triton_interpreting() else (32 if upcast and block_d > 64 else 64)
         block_m = block_m or default
         block_n = block_n or default
     return {

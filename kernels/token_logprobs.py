@@ -22,17 +22,18 @@ Logits of -inf (e.g. a bias masking tokens) are allowed as long as every row has
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+from longrl.kernels._interpret import triton_interpreting
 
 _alloc = torch.empty  # every output goes through here (tests swap in a poisoning allocator)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+def _interpreted_bf16(t: torch.Tensor) -> bool:
+    """bf16 under the interpreter, whose bf16 arithmetic and fp32 -> bf16 stores differ from torch's: the
+    kernels then load as fp32 (UPCAST) and store into an fp32 buffer the caller converts."""
+    return triton_interpreting() and t.dtype == torch.bfloat16
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -224,10 +225,10 @@ def hidden_forward(
     flags = {
         "HAS_BIAS": bias is not None,
         "WANT_ENTROPY": want_entropy,
-        "UPCAST": _interpreting() and hidden.dtype == torch.bfloat16,
+        "UPCAST": _interpreted_bf16(hidden),
         "IEEE": hidden.dtype == torch.float32,
     }
-    if _interpreting():
+    if triton_interpreting():
         grid = (triton.cdiv(tokens, _INTERPRETER_TILE["BLOCK_T"]), splits)
         _hidden_fwd_kernel[grid](*args, **flags, **_INTERPRETER_TILE)
     else:
@@ -290,8 +291,7 @@ def hidden_dlogits(
     ignored rows already zeroed, None when absent). Returns [R, C] in hidden's dtype, contiguous."""
     rows, hid = hidden.shape
     cols = weight.shape[0]
-    # The interpreter rounds fp32 -> bf16 stores differently from torch: store fp32 there and convert.
-    buf_dtype = torch.float32 if _interpreting() and hidden.dtype == torch.bfloat16 else hidden.dtype
+    buf_dtype = torch.float32 if _interpreted_bf16(hidden) else hidden.dtype
     out = _alloc(rows, cols, dtype=buf_dtype, device=hidden.device)
     args = (
         hidden, weight, bias if bias is not None else hidden, labels, lse, ent if ent is not None else lse,
@@ -303,10 +303,10 @@ def hidden_dlogits(
         "HAS_BIAS": bias is not None,
         "HAS_G_LP": g_lp is not None,
         "HAS_G_ENT": g_ent is not None,
-        "UPCAST": _interpreting() and hidden.dtype == torch.bfloat16,
+        "UPCAST": _interpreted_bf16(hidden),
         "IEEE": hidden.dtype == torch.float32,
     }
-    if _interpreting():
+    if triton_interpreting():
         tile = _INTERPRETER_TILE
         grid = (triton.cdiv(rows, tile["BLOCK_T"]), triton.cdiv(cols, tile["BLOCK_V"]))
         _hidden_dlogits_kernel[grid](*args, **flags, **tile)
@@ -377,7 +377,7 @@ def _logits_bwd_kernel(
 def _logits_block(vocab: int) -> dict:
     """A row per program on the GPU (V is large: one row streams through a 4096-wide tile); the interpreter
     takes 16 rows per program, since its cost is per operation, not per element."""
-    if _interpreting():
+    if triton_interpreting():
         return {"BLOCK_R": 16, "BLOCK_V": min(1024, triton.next_power_of_2(vocab))}
     block = min(4096, triton.next_power_of_2(vocab))
     return {"BLOCK_R": 1, "BLOCK_V": block, "num_warps": 8 if block >= 2048 else 4}
@@ -412,7 +412,7 @@ def logits_backward(
 ) -> torch.Tensor:
     """d(loss)/d(logits) [T, V] contiguous in logits' dtype (g_* float32 [T] with ignored rows zeroed)."""
     tokens, vocab = logits.shape
-    buf_dtype = torch.float32 if _interpreting() and logits.dtype == torch.bfloat16 else logits.dtype
+    buf_dtype = torch.float32 if _interpreted_bf16(logits) else logits.dtype
     out = _alloc(tokens, vocab, dtype=buf_dtype, device=logits.device)
     if tokens == 0:
         return out.to(logits.dtype)

@@ -11,13 +11,13 @@ Backends:
 from __future__ import annotations
 
 import importlib.util
-import os
 import warnings
 from collections.abc import Sequence
 
 import torch
 
 from longrl.errors import BackendError
+from longrl.kernels._interpret import triton_interpreting
 
 try:
     from longrl import _C  # noqa: F401  (loading it registers torch.ops.longrl.*)
@@ -47,7 +47,7 @@ def triton_usable(device_type: str) -> bool:
         return False
     if device_type == "cuda":
         return torch.cuda.is_available()
-    return device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return device_type == "cpu" and triton_interpreting()
 
 
 def available(backend: str, device_type: str) -> bool:

@@ -3,6 +3,7 @@
 
 namespace longrl {
 
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3, kInt64 = 4, kInt32 = 5, kBool = 6, kUInt8 = 7 };
+// Only the floating types a kernel dispatches on; add a tag together with the kernel that needs it.
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 }  // namespace longrl

@@ -11,11 +11,6 @@ inline DType to_dtype(at::ScalarType t) {
     case at::kFloat: return DType::kFloat32;
     case at::kHalf: return DType::kFloat16;
     case at::kBFloat16: return DType::kBFloat16;
-    case at::kDouble: return DType::kFloat64;
-    case at::kLong: return DType::kInt64;
-    case at::kInt: return DType::kInt32;
-    case at::kBool: return DType::kBool;
-    case at::kByte: return DType::kUInt8;
     default: TORCH_CHECK(false, "longrl: unsupported dtype ", t);
   }
 }

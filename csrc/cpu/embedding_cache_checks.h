@@ -1,11 +1,9 @@
-// Argument checks and the pad pattern shared by the CPU and CUDA implementations of longrl::paged_copy_.
+// Argument checks shared by the CPU and CUDA implementations of longrl::paged_copy_.
 #pragma once
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
-#include <cstring>
 
 namespace longrl {
 
@@ -36,15 +34,6 @@ inline int64_t check_paged_copy_args(const at::Tensor& dst, const at::Tensor& sr
     max_rows = std::max(max_rows, n);
   }
   return max_rows;
-}
-
-// 16 bytes holding `value` converted to `dtype`, repeated (element sizes divide 16): the fill pattern of pad rows.
-inline std::array<uint8_t, 16> pad_pattern(at::ScalarType dtype, double value) {
-  const at::Tensor one = at::scalar_tensor(value, at::TensorOptions().dtype(dtype));
-  const int64_t size = one.element_size();
-  std::array<uint8_t, 16> bytes{};
-  for (int64_t i = 0; i < 16; i += size) std::memcpy(bytes.data() + i, one.data_ptr(), size);
-  return bytes;
 }
 
 }  // namespace longrl

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/pad_pattern.h"
 #include "cpu/embedding_cache_checks.h"
 
 #if defined(__SSE2__)
@@ -136,7 +137,7 @@ void paged_copy_cpu(at::Tensor dst, const at::Tensor& src, const at::Tensor& seg
   // Element sizes divide 16 and pad runs are whole rows, so byte i of a pad run is pattern[i % 16].
   PadBlock pad{};
   if (has_pad) {
-    const auto pattern = pad_pattern(dst.scalar_type(), pad_value);
+    const auto pattern = pad_pattern("paged_copy_", dst.scalar_type(), pad_value);
     for (size_t i = 0; i < kBlock; ++i) pad.bytes[i] = pattern[i % 16];
   }
 

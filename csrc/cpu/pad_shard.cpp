@@ -1,8 +1,8 @@
 // pad_and_shard / unshard: fused padding + sequence-parallel sharding and its inverse.
-// Schemas for the `longrl` torch library + the CPU implementation (layout 0 contiguous, 1 zigzag; see
-// pad_shard_checks.h for the geometry). Every op allocates (or takes, .out) its contiguous output and writes
-// each output position exactly once: a copy of a valid source range, or the fill value. No padded full-size
-// intermediate exists.
+// Schemas for the `longrl` torch library, the functional forms (one for every device) and the CPU .out kernels
+// (layout 0 contiguous, 1 zigzag; see pad_shard_checks.h for the geometry). Every op allocates (or takes, .out)
+// its contiguous output and writes each output position exactly once: a copy of a valid source range, or the
+// fill value. No padded full-size intermediate exists.
 //
 // CPU strategy: a short plan of row ranges along the sequence dim (at most 2 per rank, merged when adjacent),
 // each executed as one ATen narrow().copy_() / fill_() over all leading and trailing dims at once. copy_ is
@@ -113,24 +113,9 @@ at::Tensor pad_and_shard_out_cpu(const at::Tensor& x, int64_t dim, int64_t padde
   return shard_out_cpu("pad_and_shard", x, dim, padded_length, sp_size, rank, rank + 1, layout, pad_value, out);
 }
 
-at::Tensor pad_and_shard_cpu(const at::Tensor& x, int64_t dim, int64_t padded_length, int64_t sp_size, int64_t rank,
-                             int64_t layout, const at::Scalar& pad_value) {
-  TORCH_CHECK(x.dim() >= 1 && sp_size >= 1, "pad_and_shard: need a tensor with a dim and sp_size >= 1");
-  const int64_t d = at::maybe_wrap_dim(dim, x.dim());
-  at::Tensor out = at::empty(resized_along(x, d, padded_length / sp_size), x.options());
-  return pad_and_shard_out_cpu(x, dim, padded_length, sp_size, rank, layout, pad_value, out);
-}
-
 at::Tensor shard_all_out_cpu(const at::Tensor& x, int64_t dim, int64_t padded_length, int64_t sp_size, int64_t layout,
                              const at::Scalar& pad_value, at::Tensor out) {
   return shard_out_cpu("shard_all", x, dim, padded_length, sp_size, 0, sp_size, layout, pad_value, out);
-}
-
-at::Tensor shard_all_cpu(const at::Tensor& x, int64_t dim, int64_t padded_length, int64_t sp_size, int64_t layout,
-                         const at::Scalar& pad_value) {
-  TORCH_CHECK(x.dim() >= 1, "shard_all: need a tensor with a dim");
-  at::Tensor out = at::empty(resized_along(x, at::maybe_wrap_dim(dim, x.dim()), padded_length), x.options());
-  return shard_all_out_cpu(x, dim, padded_length, sp_size, layout, pad_value, out);
 }
 
 at::Tensor unshard_out_cpu(at::TensorList shards, int64_t dim, int64_t length, int64_t sp_size, int64_t layout,
@@ -142,13 +127,6 @@ at::Tensor unshard_out_cpu(at::TensorList shards, int64_t dim, int64_t length, i
   const std::vector<at::Tensor> sources(shards.begin(), shards.end());
   unshard_plan(g, shards.size() == 1, -1).run(out, sources, g.dim, 0);
   return out;
-}
-
-at::Tensor unshard_cpu(at::TensorList shards, int64_t dim, int64_t length, int64_t sp_size, int64_t layout) {
-  TORCH_CHECK(!shards.empty() && shards[0].dim() >= 1, "unshard: need shards with a dim");
-  const at::Tensor& first = shards[0];
-  at::Tensor out = at::empty(resized_along(first, at::maybe_wrap_dim(dim, first.dim()), length), first.options());
-  return unshard_out_cpu(shards, dim, length, sp_size, layout, out);
 }
 
 at::Tensor scatter_shard_out_cpu(const at::Tensor& shard, int64_t dim, int64_t length, int64_t sp_size, int64_t rank,
@@ -163,11 +141,53 @@ at::Tensor scatter_shard_out_cpu(const at::Tensor& shard, int64_t dim, int64_t l
   return out;
 }
 
-at::Tensor scatter_shard_cpu(const at::Tensor& shard, int64_t dim, int64_t length, int64_t sp_size, int64_t rank,
-                             int64_t layout) {
+// The functional forms, written once for every device: allocate the contiguous output, then call the .out op
+// through the dispatcher, which picks the device's kernel (below for the CPU, csrc/cuda_bind/pad_shard.cpp for
+// CUDA). Registered as CompositeExplicitAutograd, so autograd is handled as for the .out kernels (by the
+// autograd.Functions in longrl/_ops/pad_shard.py). The typed<> signatures are the .out kernels' C++ signatures
+// (out by value; the CPU and CUDA kernels must keep them identical), which the dispatcher checks on each call.
+at::Tensor pad_and_shard(const at::Tensor& x, int64_t dim, int64_t padded_length, int64_t sp_size, int64_t rank,
+                         int64_t layout, const at::Scalar& pad_value) {
+  static const auto out_op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("longrl::pad_and_shard", "out")
+          .typed<at::Tensor(const at::Tensor&, int64_t, int64_t, int64_t, int64_t, int64_t, const at::Scalar&,
+                            at::Tensor)>();
+  TORCH_CHECK(x.dim() >= 1 && sp_size >= 1, "pad_and_shard: need a tensor with a dim and sp_size >= 1");
+  at::Tensor out = at::empty(resized_along(x, at::maybe_wrap_dim(dim, x.dim()), padded_length / sp_size), x.options());
+  return out_op.call(x, dim, padded_length, sp_size, rank, layout, pad_value, out);
+}
+
+at::Tensor shard_all(const at::Tensor& x, int64_t dim, int64_t padded_length, int64_t sp_size, int64_t layout,
+                     const at::Scalar& pad_value) {
+  static const auto out_op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("longrl::shard_all", "out")
+          .typed<at::Tensor(const at::Tensor&, int64_t, int64_t, int64_t, int64_t, const at::Scalar&, at::Tensor)>();
+  TORCH_CHECK(x.dim() >= 1, "shard_all: need a tensor with a dim");
+  at::Tensor out = at::empty(resized_along(x, at::maybe_wrap_dim(dim, x.dim()), padded_length), x.options());
+  return out_op.call(x, dim, padded_length, sp_size, layout, pad_value, out);
+}
+
+at::Tensor unshard(at::TensorList shards, int64_t dim, int64_t length, int64_t sp_size, int64_t layout) {
+  static const auto out_op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("longrl::unshard", "out")
+                                 .typed<at::Tensor(at::TensorList, int64_t, int64_t, int64_t, int64_t, at::Tensor)>();
+  TORCH_CHECK(!shards.empty() && shards[0].dim() >= 1, "unshard: need shards with a dim");
+  const at::Tensor& first = shards[0];
+  at::Tensor out = at::empty(resized_along(first, at::maybe_wrap_dim(dim, first.dim()), length), first.options());
+  return out_op.call(shards, dim, length, sp_size, layout, out);
+}
+
+at::Tensor scatter_shard(const at::Tensor& shard, int64_t dim, int64_t length, int64_t sp_size, int64_t rank,
+                         int64_t layout) {
+  static const auto out_op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("longrl::scatter_shard", "out")
+          .typed<at::Tensor(const at::Tensor&, int64_t, int64_t, int64_t, int64_t, int64_t, at::Tensor)>();
   TORCH_CHECK(shard.dim() >= 1, "scatter_shard: need a tensor with a dim");
   at::Tensor out = at::empty(resized_along(shard, at::maybe_wrap_dim(dim, shard.dim()), length), shard.options());
-  return scatter_shard_out_cpu(shard, dim, length, sp_size, rank, layout, out);
+  return out_op.call(shard, dim, length, sp_size, rank, layout, out);
 }
 
 }  // namespace
@@ -193,14 +213,17 @@ TORCH_LIBRARY_FRAGMENT(longrl, m) {
         "Tensor(a!) out) -> Tensor(a!)");
 }
 
+TORCH_LIBRARY_IMPL(longrl, CompositeExplicitAutograd, m) {
+  m.impl("pad_and_shard", &pad_and_shard);
+  m.impl("shard_all", &shard_all);
+  m.impl("unshard", &unshard);
+  m.impl("scatter_shard", &scatter_shard);
+}
+
 TORCH_LIBRARY_IMPL(longrl, CPU, m) {
-  m.impl("pad_and_shard", &pad_and_shard_cpu);
   m.impl("pad_and_shard.out", &pad_and_shard_out_cpu);
-  m.impl("shard_all", &shard_all_cpu);
   m.impl("shard_all.out", &shard_all_out_cpu);
-  m.impl("unshard", &unshard_cpu);
   m.impl("unshard.out", &unshard_out_cpu);
-  m.impl("scatter_shard", &scatter_shard_cpu);
   m.impl("scatter_shard.out", &scatter_shard_out_cpu);
 }
 

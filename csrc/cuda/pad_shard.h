@@ -12,7 +12,8 @@
 
 namespace longrl {
 
-// Most shards unshard takes as separate pointers (more: the binding concatenates them first).
+// Most ranks unshard / scatter_shard take (shard pointers travel as kernel arguments); the binding rejects a
+// larger sp_size.
 constexpr int kUnshardMaxShards = 128;
 
 struct PadShardDims {

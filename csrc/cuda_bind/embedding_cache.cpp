@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "common/cuda_bind.h"
+#include "common/pad_pattern.h"
 #include "cpu/embedding_cache_checks.h"
 #include "cuda/embedding_cache.h"
 
@@ -21,7 +22,7 @@ void paged_copy_cuda(at::Tensor dst, const at::Tensor& src, const at::Tensor& se
   const at::cuda::CUDAGuard guard(dst.device());
   // pin_memory() uses the caching host allocator, which keeps the block alive until the async copy is done.
   const at::Tensor device_segments = segments.pin_memory().to(dst.options().dtype(at::kLong), /*non_blocking=*/true);
-  const auto bytes = pad_pattern(dst.scalar_type(), pad_value);
+  const auto bytes = pad_pattern("paged_copy_", dst.scalar_type(), pad_value);
   PadPattern pad;
   std::memcpy(pad.bytes, bytes.data(), sizeof(pad.bytes));
   LONGRL_CUDA_CHECK(launch_paged_copy(dst.data_ptr(), src.data_ptr(), device_segments.data_ptr<int64_t>(),

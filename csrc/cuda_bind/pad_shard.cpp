@@ -1,5 +1,6 @@
-// CUDA implementation of longrl::pad_and_shard / shard_all / unshard / scatter_shard (and their .out forms),
-// a thin binding over csrc/cuda/pad_shard.cu. Schemas and the CPU versions: csrc/cpu/pad_shard.cpp.
+// CUDA kernels of longrl::pad_and_shard.out / shard_all.out / unshard.out / scatter_shard.out, a thin binding over
+// csrc/cuda/pad_shard.cu. Schemas, the CPU kernels and the functional forms (shared by every device, they
+// allocate and call these): csrc/cpu/pad_shard.cpp.
 //
 // The kernels read [outer, rows, row_bytes] contiguous bytes, so a non-contiguous input is made contiguous
 // first (one extra copy for such inputs; the common case, a contiguous activation, pays nothing). Outputs are
@@ -8,10 +9,10 @@
 
 #include <array>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "common/cuda_bind.h"
+#include "common/pad_pattern.h"
 #include "cpu/pad_shard_checks.h"
 #include "cuda/pad_shard.h"
 
@@ -30,16 +31,6 @@ PadShardDims dims_for(const at::Tensor& t, const ShardGeometry& g) {
   return PadShardDims{outer, inner * static_cast<int64_t>(t.element_size()), g.length, g.chunk, g.sp, g.layout};
 }
 
-// 16 bytes holding `value` converted to `dtype` (same conversion and overflow check as fill_), repeated.
-std::array<uint8_t, 16> pad_pattern(const at::Scalar& value, at::ScalarType dtype) {
-  const at::Tensor one = at::scalar_tensor(value, at::TensorOptions().dtype(dtype));
-  const int64_t size = static_cast<int64_t>(one.element_size());
-  TORCH_CHECK(16 % size == 0, "pad_and_shard: element size ", size, " is not supported on CUDA");
-  std::array<uint8_t, 16> pattern{};
-  for (int64_t k = 0; k < 16; k += size) std::memcpy(pattern.data() + k, one.data_ptr(), size);
-  return pattern;
-}
-
 void check_cuda(const char* op, const at::Tensor& t) {
   TORCH_CHECK(t.is_cuda(), op, ": expected a CUDA tensor, got ", t.device());
 }
@@ -54,7 +45,7 @@ at::Tensor shard_out_cuda(const char* op, const at::Tensor& x, int64_t dim, int6
   check_out(op, out, x, resized_along(x, g.dim, (rank_end - rank_begin) * g.shard));
   const at::cuda::CUDAGuard guard(x.device());
   const at::Tensor src = x.contiguous();
-  const std::array<uint8_t, 16> pad = pad_pattern(pad_value, x.scalar_type());
+  const std::array<uint8_t, 16> pad = pad_pattern(op, x.scalar_type(), pad_value);
   LONGRL_CUDA_CHECK(launch_pad_and_shard(out.data_ptr(), src.data_ptr(), dims_for(src, g), rank_begin, rank_end,
                                          pad.data(), current_stream(x)));
   return out;
@@ -66,24 +57,9 @@ at::Tensor pad_and_shard_out_cuda(const at::Tensor& x, int64_t dim, int64_t padd
   return shard_out_cuda("pad_and_shard", x, dim, padded_length, sp_size, rank, rank + 1, layout, pad_value, out);
 }
 
-at::Tensor pad_and_shard_cuda(const at::Tensor& x, int64_t dim, int64_t padded_length, int64_t sp_size, int64_t rank,
-                              int64_t layout, const at::Scalar& pad_value) {
-  TORCH_CHECK(x.dim() >= 1 && sp_size >= 1, "pad_and_shard: need a tensor with a dim and sp_size >= 1");
-  const int64_t d = at::maybe_wrap_dim(dim, x.dim());
-  at::Tensor out = at::empty(resized_along(x, d, padded_length / sp_size), x.options());
-  return pad_and_shard_out_cuda(x, dim, padded_length, sp_size, rank, layout, pad_value, out);
-}
-
 at::Tensor shard_all_out_cuda(const at::Tensor& x, int64_t dim, int64_t padded_length, int64_t sp_size,
                               int64_t layout, const at::Scalar& pad_value, at::Tensor out) {
   return shard_out_cuda("shard_all", x, dim, padded_length, sp_size, 0, sp_size, layout, pad_value, out);
-}
-
-at::Tensor shard_all_cuda(const at::Tensor& x, int64_t dim, int64_t padded_length, int64_t sp_size, int64_t layout,
-                          const at::Scalar& pad_value) {
-  TORCH_CHECK(x.dim() >= 1, "shard_all: need a tensor with a dim");
-  at::Tensor out = at::empty(resized_along(x, at::maybe_wrap_dim(dim, x.dim()), padded_length), x.options());
-  return shard_all_out_cuda(x, dim, padded_length, sp_size, layout, pad_value, out);
 }
 
 at::Tensor unshard_out_cuda(at::TensorList shards, int64_t dim, int64_t length, int64_t sp_size, int64_t layout,
@@ -112,13 +88,6 @@ at::Tensor unshard_out_cuda(at::TensorList shards, int64_t dim, int64_t length, 
   return out;
 }
 
-at::Tensor unshard_cuda(at::TensorList shards, int64_t dim, int64_t length, int64_t sp_size, int64_t layout) {
-  TORCH_CHECK(!shards.empty() && shards[0].dim() >= 1, "unshard: need shards with a dim");
-  const at::Tensor& first = shards[0];
-  at::Tensor out = at::empty(resized_along(first, at::maybe_wrap_dim(dim, first.dim()), length), first.options());
-  return unshard_out_cuda(shards, dim, length, sp_size, layout, out);
-}
-
 at::Tensor scatter_shard_out_cuda(const at::Tensor& shard, int64_t dim, int64_t length, int64_t sp_size, int64_t rank,
                                   int64_t layout, at::Tensor out) {
   TORCH_CHECK(shard.dim() >= 1, "scatter_shard: need a tensor with a dim");
@@ -138,23 +107,12 @@ at::Tensor scatter_shard_out_cuda(const at::Tensor& shard, int64_t dim, int64_t 
   return out;
 }
 
-at::Tensor scatter_shard_cuda(const at::Tensor& shard, int64_t dim, int64_t length, int64_t sp_size, int64_t rank,
-                              int64_t layout) {
-  TORCH_CHECK(shard.dim() >= 1, "scatter_shard: need a tensor with a dim");
-  at::Tensor out = at::empty(resized_along(shard, at::maybe_wrap_dim(dim, shard.dim()), length), shard.options());
-  return scatter_shard_out_cuda(shard, dim, length, sp_size, rank, layout, out);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(longrl, CUDA, m) {
-  m.impl("pad_and_shard", &pad_and_shard_cuda);
   m.impl("pad_and_shard.out", &pad_and_shard_out_cuda);
-  m.impl("shard_all", &shard_all_cuda);
   m.impl("shard_all.out", &shard_all_out_cuda);
-  m.impl("unshard", &unshard_cuda);
   m.impl("unshard.out", &unshard_out_cuda);
-  m.impl("scatter_shard", &scatter_shard_cuda);
   m.impl("scatter_shard.out", &scatter_shard_out_cuda);
 }
 

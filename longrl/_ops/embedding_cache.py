@@ -413,25 +413,15 @@ class EmbeddingCache(_CacheBase):
     """
 
     def __new__(
-        cls,
-        capacity_bytes: int,
-        *,
-        hidden_size: int,
-        dtype: torch.dtype = torch.bfloat16,
-        device: torch.device | str = "cpu",
-        page_rows: int | None = None,
-        page_bytes: int = DEFAULT_PAGE_BYTES,
-        host_tier_bytes: int = 0,
-        backend: str | None = None,
+        cls, capacity_bytes: int, *, device: torch.device | str = "cpu", backend: str | None = None, **options
     ) -> _CacheBase:
+        # Only device and backend matter here; `options` are __init__'s other keywords (documented there and
+        # checked by whichever __init__ runs), so the signature is not written twice.
         device = _normalize_device(device)
         chosen = _backend.resolve("embedding_cache", device.type, PREFERENCES[device.type], backend)
         if chosen == "torch":
             # Not an instance of cls, so Python skips __init__: the reference is built here, fully.
-            return ReferenceEmbeddingCache(
-                capacity_bytes, hidden_size=hidden_size, dtype=dtype, device=device, page_rows=page_rows,
-                page_bytes=page_bytes, host_tier_bytes=host_tier_bytes,
-            )  # fmt: skip
+            return ReferenceEmbeddingCache(capacity_bytes, device=device, **options)
         self = super().__new__(cls)
         self.backend = chosen
         return self

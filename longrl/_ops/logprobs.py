@@ -279,6 +279,25 @@ def _backend_grads(
     return zeroed(g_lp), zeroed(g_ent)
 
 
+def _finish_forward(
+    ctx, lp: torch.Tensor, ent: torch.Tensor, lse: torch.Tensor, labels: torch.Tensor, inputs: tuple,
+    options: tuple,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The tail both autograd forwards share: zero the ignored rows of lp/ent ([T]; ent becomes empty without
+    want_entropy), save inputs + (labels, lse, ent) and the options (temperature, want_entropy, ignore_index,
+    chunk, backend, neg_inf) for backward."""
+    want_entropy, ignore_index = options[1], options[2]
+    ignored = labels == ignore_index
+    lp = lp.masked_fill(ignored, 0.0)
+    ent = ent.masked_fill(ignored, 0.0) if want_entropy else ent.new_zeros(0)
+    ctx.save_for_backward(*inputs, labels, lse, ent)
+    ctx.options = options
+    ctx.set_materialize_grads(False)
+    if not want_entropy:
+        ctx.mark_non_differentiable(ent)
+    return lp, ent
+
+
 # ----------------------------------------------------------------------------------------------------------
 # from hidden states
 # ----------------------------------------------------------------------------------------------------------
@@ -303,15 +322,8 @@ class _FromHidden(torch.autograd.Function):
             lp, ent, lse = _chunked_forward(
                 tile, tokens, vocab, labels, want_entropy, chunk, compute, hidden.device, neg_inf
             )
-        ignored = labels == ignore_index
-        lp = lp.masked_fill(ignored, 0.0)
-        ent = ent.masked_fill(ignored, 0.0) if want_entropy else ent.new_zeros(0)
-        ctx.save_for_backward(hidden, weight, bias, labels, lse, ent)
-        ctx.options = (temperature, want_entropy, ignore_index, chunk, backend, neg_inf)
-        ctx.set_materialize_grads(False)
-        if not want_entropy:
-            ctx.mark_non_differentiable(ent)
-        return lp, ent
+        options = (temperature, want_entropy, ignore_index, chunk, backend, neg_inf)
+        return _finish_forward(ctx, lp, ent, lse, labels, (hidden, weight, bias), options)
 
     @staticmethod
     @once_differentiable
@@ -444,15 +456,8 @@ class _FromLogits(torch.autograd.Function):
             lp, ent, lse = _chunked_forward(
                 tile, tokens, vocab, labels, want_entropy, chunk, compute, logits.device, neg_inf
             )
-        ignored = labels == ignore_index
-        lp = lp.masked_fill(ignored, 0.0)
-        ent = ent.masked_fill(ignored, 0.0) if want_entropy else ent.new_zeros(0)
-        ctx.save_for_backward(logits, labels, lse, ent)
-        ctx.options = (temperature, want_entropy, ignore_index, chunk, backend, neg_inf)
-        ctx.set_materialize_grads(False)
-        if not want_entropy:
-            ctx.mark_non_differentiable(ent)
-        return lp, ent
+        options = (temperature, want_entropy, ignore_index, chunk, backend, neg_inf)
+        return _finish_forward(ctx, lp, ent, lse, labels, (logits,), options)
 
     @staticmethod
     @once_differentiable
