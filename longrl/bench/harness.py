@@ -60,25 +60,24 @@ def _proc_status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-_malloc_pinned = False
+# glibc malloc tunables (mallopt parameter numbers) and the values its dynamic mmap threshold settles at on
+# 64-bit Linux after large frees (DEFAULT_MMAP_THRESHOLD_MAX = 32 MiB; the trim threshold follows at twice it).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MEASURE = (1 << 20, 1 << 20)
+_STEADY = (32 << 20, 64 << 20)
 
 
-def _pin_malloc_thresholds() -> None:
-    """Make glibc return every block >= 1 MiB to the OS when freed (fixed mmap/trim thresholds).
-
-    By default glibc raises its mmap threshold after a large block is freed, so later allocations of up to
-    32 MiB reuse already-resident heap and an RSS-based peak reads 0. Affects only this (benchmark) process.
+def _set_malloc_thresholds(mmap_bytes: int, trim_bytes: int, *, release_free: bool = False) -> None:
+    """Set glibc's mmap/trim thresholds for this process; with release_free, also hand the heap's free pages
+    back to the OS (malloc_trim), so reusing a freed block counts as new resident memory. No-op without glibc.
     """
-    global _malloc_pinned
-    if _malloc_pinned:
-        return
-    _malloc_pinned = True
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 1 << 20)
-        libc.mallopt(m_trim_threshold, 1 << 20)
-    except (OSError, AttributeError):  # not glibc: peaks may read low after warm-up
+        libc.mallopt(_M_MMAP_THRESHOLD, mmap_bytes)
+        libc.mallopt(_M_TRIM_THRESHOLD, trim_bytes)
+        if release_free:
+            libc.malloc_trim(0)
+    except (OSError, AttributeError):
         pass
 
 
@@ -95,7 +94,12 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | N
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
-    _pin_malloc_thresholds()
+    # While measuring, every block >= 1 MiB is its own mapping, returned to the OS when freed, and the heap's free
+    # pages are released first: otherwise glibc reuses already-resident heap for blocks up to 32 MiB and the RSS
+    # peak reads 0 after warm-up. Afterwards
+    # the thresholds go to the values glibc's dynamic threshold settles at, so timings keep seeing the steady
+    # state of a long-running process (no page faults on every allocation).
+    _set_malloc_thresholds(*_MEASURE, release_free=True)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -104,6 +108,8 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | N
         return max(0, _proc_status_bytes("VmHWM") - base)
     except OSError:
         return None
+    finally:
+        _set_malloc_thresholds(*_STEADY)
 
 
 def copy_bandwidth_gbps(device: torch.device, nbytes: int = 256 << 20) -> float:
