@@ -30,6 +30,8 @@ _EXPORTS = {
     "VideoBatch": "longrl.models.video_inputs",
     "encode_video_file": "longrl.models.video_inputs",
     "load_video_pixels": "longrl.models.video_inputs",
+    "load_video_file": "longrl.models.video_inputs",
+    "VideoPixels": "longrl.models.video_inputs",
     "VideoPixelInputs": "longrl.models.base",
     "num_video_tokens": "longrl.models.base",
     "build_video_batch": "longrl.models.video_inputs",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -93,6 +93,43 @@ def load_video_pixels(
     return video, pixels
 
 
+@dataclass(frozen=True)
+class VideoPixels:
+    """One preprocessed video: what encoding it needs (and what a sharded encode splits).
+
+    pixel_values_videos: [t*h*w, C*tp*p*p] float32 patches, time-major; grid_thw: (t, h, w) in patches;
+    second_per_grid_t: seconds per temporal patch; timestamps: seconds of the sampled frames.
+    """
+
+    pixel_values_videos: torch.Tensor
+    grid_thw: tuple[int, int, int]
+    second_per_grid_t: float = 1.0
+    timestamps: tuple[float, ...] = field(default_factory=tuple)
+
+
+def load_video_file(
+    adapter: ModelAdapter,
+    path: str | os.PathLike,
+    sampling: SamplingConfig,
+    video_config: Any,
+    *,
+    backend: str = DEFAULT_BACKEND,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    isolate: bool = True,
+) -> VideoPixels:
+    """`load_video_pixels` for one video, as the VideoPixels record both the plain and the sharded encode use."""
+    video, pixels = load_video_pixels(
+        adapter, path, sampling, video_config, backend=backend, start_s=start_s, end_s=end_s, isolate=isolate
+    )
+    return VideoPixels(
+        pixels.pixel_values_videos,
+        tuple(int(x) for x in pixels.video_grid_thw[0]),
+        float(pixels.second_per_grid_ts[0]),
+        tuple(float(t) for t in video.timestamps_s),
+    )
+
+
 def encode_video_file(
     adapter: ModelAdapter,
     store: EmbeddingStore | None,
@@ -126,7 +163,7 @@ def encode_video_file(
     )
 
     def encode() -> VideoEmbedding:
-        video, pixels = load_video_pixels(
+        video = load_video_file(
             adapter,
             path,
             sampling,
@@ -136,13 +173,9 @@ def encode_video_file(
             end_s=end_s,
             isolate=isolate,
         )
-        (embeds,) = adapter.encode_video(pixels.pixel_values_videos, pixels.video_grid_thw)
-        return VideoEmbedding(
-            embeds=embeds,
-            grid_thw=tuple(int(x) for x in pixels.video_grid_thw[0]),
-            second_per_grid_t=float(pixels.second_per_grid_ts[0]),
-            timestamps=tuple(float(t) for t in video.timestamps_s),
-        )
+        grid = torch.tensor([video.grid_thw], dtype=torch.int64)
+        (embeds,) = adapter.encode_video(video.pixel_values_videos, grid)
+        return VideoEmbedding(embeds, video.grid_thw, video.second_per_grid_t, video.timestamps)
 
     return encode() if store is None else store.get_or_encode(parts, encode)
 

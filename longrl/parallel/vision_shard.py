@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,20 +26,7 @@ import torch.distributed as dist
 
 from longrl.models.base import ModelAdapter
 from longrl.models.embedding_store import EmbeddingStore, VideoEmbedding
-
-
-@dataclass
-class VideoPixels:
-    """One preprocessed video, what a cache miss needs to encode it.
-
-    pixel_values_videos: [t*h*w, C*tp*p*p] patches, time-major; grid_thw: (t, h, w) in patches;
-    second_per_grid_t: seconds per temporal patch; timestamps: seconds of the sampled frames.
-    """
-
-    pixel_values_videos: torch.Tensor
-    grid_thw: tuple[int, int, int]
-    second_per_grid_t: float = 1.0
-    timestamps: tuple[float, ...] = field(default_factory=tuple)
+from longrl.models.video_inputs import VideoPixels
 
 
 def split_temporal(grid_t: int, sp_size: int, offset: int = 0) -> list[int]:
@@ -255,7 +241,7 @@ def encode_video_file_sharded(
     Same key, so sharded and single-process runs share cache entries (memory and disk tiers). On a miss every
     rank decodes and preprocesses the whole span, then encodes its temporal slice.
     """
-    from longrl.models.video_inputs import load_video_pixels, video_cache_parts
+    from longrl.models.video_inputs import load_video_file, video_cache_parts
     from longrl.video.decode import DEFAULT_BACKEND
 
     backend = backend or DEFAULT_BACKEND
@@ -265,8 +251,7 @@ def encode_video_file_sharded(
     )  # fmt: skip
 
     def load(_: int) -> VideoPixels:
-        # Bounded memory and family-neutral: frames are resized as they are decoded, by the adapter's rules.
-        video, pixels = load_video_pixels(
+        return load_video_file(
             adapter,
             path,
             sampling,
@@ -275,12 +260,6 @@ def encode_video_file_sharded(
             start_s=start_s,
             end_s=end_s,
             isolate=isolate,
-        )
-        return VideoPixels(
-            pixels.pixel_values_videos,
-            tuple(int(x) for x in pixels.video_grid_thw[0]),
-            float(pixels.second_per_grid_ts[0]),
-            tuple(float(t) for t in video.timestamps_s),
         )
 
     (emb,) = get_or_encode_sharded(adapter, store, [parts], load, group, device=device)
