@@ -67,9 +67,17 @@ def init_parallel(sp_size: int = 1, *, backend: str | None = None, timeout_s: fl
         if sp_size != 1:
             raise ConfigError(f"--sp {sp_size} needs {sp_size} processes; launch with --nproc (or torchrun)")
         return single_process_state("cuda" if torch.cuda.is_available() else "cpu")
-    backend = backend or default_backend()
+    # A world someone else started (e.g. the caller's own init_process_group) keeps its backend.
+    backend = dist.get_backend() if dist.is_initialized() else (backend or default_backend())
+    device = torch.device("cpu")
+    if backend == "nccl":
+        # Bind the rank to its GPU before NCCL starts, and tell the group which one: otherwise barriers and
+        # the communicator guess the device from the global rank (wrong across nodes).
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        kwargs = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % sp_size != 0:
         raise ConfigError(f"world size {world} is not divisible by sp size {sp_size}")
@@ -85,12 +93,6 @@ def init_parallel(sp_size: int = 1, *, backend: str | None = None, timeout_s: fl
         group = dist.new_group([d * sp_size + s for d in range(dp_size)])
         if s == sp_rank and dp_size > 1:
             dp_group = group
-    if dist.get_backend() == "nccl":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
     return ParallelState(
         rank=rank, world_size=world, dp_size=dp_size, sp_size=sp_size, dp_rank=dp_rank, sp_rank=sp_rank,
         device=device, sp_group=sp_group, dp_group=dp_group,
