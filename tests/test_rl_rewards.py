@@ -6,9 +6,12 @@ D "the dog"; the gold answer is B unless a row says otherwise.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from longrl.data.schema import Example
 from longrl.errors import ConfigError, DataError
 from longrl.rl.answer_parsing import (
     extract_answer,
@@ -26,6 +29,7 @@ from longrl.rl.rewards import (
     gold_choice,
     is_multiple_choice,
     load_custom_reward,
+    resolve_answer_kind,
 )
 
 OPTS = ["a red car", "A blue truck", "C. green bike", "the dog"]
@@ -138,7 +142,7 @@ def test_response_table(response, fmt, acc):
     assert format_reward(response) == fmt
     assert is_well_formed(response) == bool(fmt)
     assert accuracy_reward(response, "B", OPTS) == acc
-    assert accuracy_reward(response, "<answer>B</answer>", OPTS, "multiple choice") == acc
+    assert accuracy_reward(response, "<answer>B</answer>", OPTS, answer_kind="multiple_choice") == acc
 
 
 def test_extract_answer():
@@ -181,10 +185,11 @@ def test_open_ended_table(answer, gold, ok):
 
 def test_open_ended_reward_and_tolerance():
     response = "<think>x</think><answer>10.4 seconds</answer>"
-    assert accuracy_reward(response, "10", None, "open-ended") == 0
+    assert accuracy_reward(response, "10", None, answer_kind="open_ended") == 0
     loose = RewardConfig(numeric_rel_tol=0.05)
-    assert accuracy_reward(response, "10", None, "open-ended", config=loose) == 1
-    assert accuracy_reward(response, "<answer>10.4</answer>", None, "numerical") == 1
+    assert accuracy_reward(response, "10", None, answer_kind="open_ended", config=loose) == 1
+    assert accuracy_reward(response, "<answer>10.4</answer>", None, answer_kind="open_ended") == 1
+    assert accuracy_reward(response, "<answer>10.4</answer>", []) == 1  # [] options (as Example): open
     assert (
         accuracy_reward("<think>x</think><answer>Red car</answer>", "red car", None) == 1
     )  # no options: open
@@ -200,13 +205,15 @@ def test_text_helpers():
     assert parse_number("1/0") is None
 
 
-def test_problem_type_and_gold():
-    assert is_multiple_choice("Multiple Choice", None)
-    assert is_multiple_choice("multiple-choice", None)
-    assert not is_multiple_choice("open-ended", OPTS)
-    assert is_multiple_choice(None, OPTS) and not is_multiple_choice(None, None)
-    with pytest.raises(DataError, match="problem_type"):
-        is_multiple_choice("essay", OPTS)
+def test_answer_kind_and_gold():
+    assert is_multiple_choice(None, "multiple_choice")
+    assert not is_multiple_choice(OPTS, "open_ended")
+    assert is_multiple_choice(OPTS) and not is_multiple_choice(None) and not is_multiple_choice([])
+    assert resolve_answer_kind(OPTS) == "multiple_choice" and resolve_answer_kind([]) == "open_ended"
+    # A LongVideo-Reason `problem_type` is a category, not an answer kind: refused, with the fix.
+    for bad in ("temporal", "goal", "multiple choice", "Multiple_Choice"):
+        with pytest.raises(DataError, match="unknown answer_kind .*category"):
+            is_multiple_choice(OPTS, bad)
     assert gold_choice("<answer>B</answer>", OPTS) == "B"
     assert gold_choice("(C)", OPTS) == "C"
     assert gold_choice("the dog", OPTS) == "D"
@@ -234,12 +241,57 @@ def test_compute_rewards_batch_and_weights():
     assert compute_rewards([], [])["total"].shape == (0,)
     with pytest.raises(ValueError, match="answers"):
         compute_rewards(responses, answers[:2])
+    with pytest.raises(ValueError, match="categories"):
+        compute_rewards(responses, answers, options, categories=["goal"])
+
+
+def _example(options: list[str], answer: str, category: str) -> Example:
+    return Example(
+        id="q",
+        question="?",
+        options=options,
+        answer=answer,
+        reasoning="",
+        category=category,
+        data_type="video",
+        video=Path("/v/a.mp4"),
+        video_rel="a.mp4",
+    )
+
+
+def test_compute_rewards_from_examples():
+    # Released-schema categories ("goal", "temporal", ...) never decide the answer kind; the options do.
+    examples = [_example(OPTS, "B", "goal"), _example([], "3 people", "temporal"), _example(OPTS, "C", "")]
+    responses = [
+        "<think>x</think><answer>B</answer>",  # MC, right
+        "<think>x</think><answer>three</answer>",  # open-ended (options []), numeric match
+        "<think>x</think><answer>B</answer>",  # MC, wrong (gold C)
+    ]
+    out = compute_rewards(
+        responses,
+        [ex.answer for ex in examples],
+        [ex.options for ex in examples],
+        categories=[ex.category for ex in examples],
+    )
+    assert out["format"].tolist() == [1, 1, 1]
+    assert out["accuracy"].tolist() == [1, 1, 0]
+    # answer_kinds overrides per row; None keeps the options' decision.
+    response = ["<think>x</think><answer>Answer: B</answer>"] * 3
+    out = compute_rewards(
+        response, ["B"] * 3, [OPTS] * 3, answer_kinds=["multiple_choice", "open_ended", None]
+    )
+    assert out["accuracy"].tolist() == [1, 0, 1]  # open-ended: "answer b" is not "b"
+    with pytest.raises(DataError, match="'plot'"):
+        compute_rewards(response[:1], ["B"], [OPTS], answer_kinds=["plot"])
 
 
 def test_custom_reward(tmp_path, monkeypatch):
     (tmp_path / "my_rewards_mod.py").write_text(
         "def length_bonus(response, answer, **kwargs):\n    return len(response) / 100\n"
         "def bad(**kwargs):\n    return 'high'\n"
+        "def crash(response, **kwargs):\n    return 1 / 0 if response == 'boom' else 0.0\n"
+        "def echo(answer_kind, category, **kwargs):\n"
+        "    return {'multiple_choice': 1.0, 'open_ended': 2.0}[answer_kind] + len(category)\n"
         "NOT_A_FUNCTION = 3\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -254,6 +306,21 @@ def test_custom_reward(tmp_path, monkeypatch):
     assert by_path(response="abcd", answer="") == 0.04
     with pytest.raises(ConfigError, match="finite number"):
         compute_rewards(["x"], ["B"], [OPTS], config=RewardConfig(custom="my_rewards_mod:bad"))
+    # The custom reward gets the resolved answer_kind and the category ("" when not given).
+    echo = RewardConfig(custom="my_rewards_mod:echo")
+    out = compute_rewards(["x", "x"], ["B", "3"], [OPTS, []], categories=["plot", "goal"], config=echo)
+    assert out["custom"].tolist() == [5.0, 6.0]
+    out = compute_rewards(["x"], ["B"], [OPTS], answer_kinds=["open_ended"], config=echo)
+    assert out["custom"].tolist() == [2.0]
+    # An exception inside the user's function: one-line ConfigError naming the spec, chained to the cause.
+    crash = RewardConfig(custom="my_rewards_mod:crash")
+    assert compute_rewards(["ok"], ["B"], [OPTS], config=crash)["custom"].tolist() == [0.0]
+    with pytest.raises(ConfigError) as info:
+        compute_rewards(["ok", "boom"], ["B", "B"], [OPTS, OPTS], config=crash)
+    assert (
+        str(info.value) == "custom reward 'my_rewards_mod:crash' raised ZeroDivisionError: division by zero"
+    )
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
 
 
 @pytest.mark.parametrize(

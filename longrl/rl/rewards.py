@@ -4,12 +4,18 @@ Per response (floats, 0 or 1 for the built-in ones):
 - format:   1 when the response is exactly `<think>T</think><answer>A</answer>` (see `is_well_formed`).
 - accuracy: 1 when the answer matches the gold answer. Multiple choice: the parsed option letter equals the
   gold letter (`parse_choice`). Open-ended: normalized exact match or numeric match (`match_open_ended`).
+  The answer kind comes from the options: multiple choice when a question has options, open-ended when it
+  has none (None or []), as `longrl.data.Example.options`. `answer_kind` ("multiple_choice" or
+  "open_ended") overrides that. It is not the dataset's `problem_type` column: in LongVideo-Reason that is
+  the question's category ("goal", "plot", "temporal", ...), passed as `category` and used only by custom
+  rewards.
   The answer is read from the answer tags even when the format is broken (the last `<answer>` wins), so
   format and accuracy stay separate signals; without any answer tag accuracy is 0 (unless
   `require_answer_tag=False`).
-- custom:   `RewardConfig.custom = "module:function"` (or "path/to/file.py:function"), called as
-  `fn(response=..., answer=..., options=..., problem_type=...)` and returning a number; accept `**kwargs`
-  for the arguments you ignore.
+- custom:   `RewardConfig.custom = "module:function"` (or "path/to/file.py:function"), called once per
+  response as `fn(response=str, answer=str, options=list[str] | None, answer_kind="multiple_choice" |
+  "open_ended", category=str)` (category "" when not given) and returning a finite number; accept
+  `**kwargs` for the arguments you ignore. An exception it raises becomes a one-line ConfigError.
 total = format_weight * format + accuracy_weight * accuracy (+ custom_weight * custom).
 """
 
@@ -19,7 +25,6 @@ import functools
 import importlib
 import importlib.util
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +34,9 @@ import torch
 from longrl.errors import ConfigError, DataError
 from longrl.rl.answer_parsing import extract_answer, is_well_formed, match_open_ended, parse_choice
 
-MULTIPLE_CHOICE_TYPES = frozenset({"multiple_choice", "multi_choice", "mc", "choice"})
-OPEN_ENDED_TYPES = frozenset({"open_ended", "open", "free_form", "numerical", "numeric", "regression", "ocr"})
+MULTIPLE_CHOICE = "multiple_choice"
+OPEN_ENDED = "open_ended"
+ANSWER_KINDS = (MULTIPLE_CHOICE, OPEN_ENDED)
 
 
 @dataclass(frozen=True)
@@ -72,19 +78,24 @@ def format_reward(response: str) -> float:
     return 1.0 if is_well_formed(response) else 0.0
 
 
-def is_multiple_choice(problem_type: str | None, options: Sequence[str] | None) -> bool:
-    """Multiple choice or open-ended: from `problem_type` ("multiple choice", "open-ended", ... any case,
-    spaces/hyphens as underscores), or, when it is None, from whether there are options.
-    DataError for an unknown problem_type.
+def resolve_answer_kind(options: Sequence[str] | None, answer_kind: str | None = None) -> str:
+    """ "multiple_choice" or "open_ended": `answer_kind` when given, else from whether there are options.
+
+    DataError for any other answer_kind (a category such as "temporal" is not an answer kind).
     """
-    if problem_type is None:
-        return bool(options)
-    key = re.sub(r"[\s\-]+", "_", problem_type.strip().lower())
-    if key in MULTIPLE_CHOICE_TYPES:
-        return True
-    if key in OPEN_ENDED_TYPES:
-        return False
-    raise DataError(f"unknown problem_type {problem_type!r}; use 'multiple choice' or 'open-ended'")
+    if answer_kind is None:
+        return MULTIPLE_CHOICE if options else OPEN_ENDED
+    if answer_kind not in ANSWER_KINDS:
+        raise DataError(
+            f"unknown answer_kind {answer_kind!r}; use 'multiple_choice' or 'open_ended' (or None to decide "
+            "from the options); a question's category goes in `category`"
+        )
+    return answer_kind
+
+
+def is_multiple_choice(options: Sequence[str] | None, answer_kind: str | None = None) -> bool:
+    """True when the question is multiple choice (see `resolve_answer_kind`)."""
+    return resolve_answer_kind(options, answer_kind) == MULTIPLE_CHOICE
 
 
 def gold_choice(answer: str, options: Sequence[str] | None = None) -> str:
@@ -101,17 +112,18 @@ def accuracy_reward(
     response: str,
     answer: str,
     options: Sequence[str] | None = None,
-    problem_type: str | None = None,
     *,
+    answer_kind: str | None = None,
     config: RewardConfig | None = None,
 ) -> float:
     """1.0 when the response's answer matches the gold `answer`, else 0.0 (rules in the module docstring).
 
-    options: the option texts (A, B, ...) of a multiple-choice question, or None.
+    options: the option texts (A, B, ...) of a multiple-choice question; None or [] when open-ended.
+    answer_kind: None (decide from the options), "multiple_choice" or "open_ended".
     """
     config = config or RewardConfig()
     predicted = extract_answer(response, require_tag=config.require_answer_tag)
-    if is_multiple_choice(problem_type, options):
+    if is_multiple_choice(options, answer_kind):
         return 1.0 if parse_choice(predicted, options) == gold_choice(answer, options) else 0.0
     gold = extract_answer(answer, require_tag=False) or answer
     ok = match_open_ended(predicted, gold, rel_tol=config.numeric_rel_tol, abs_tol=config.numeric_abs_tol)
@@ -155,7 +167,10 @@ def load_custom_reward(spec: str) -> CustomReward:
 
 
 def _custom_value(fn: CustomReward, spec: str, **kwargs) -> float:
-    value = fn(**kwargs)
+    try:
+        value = fn(**kwargs)
+    except Exception as e:  # the user's code: one line naming the spec, not a traceback mid-training
+        raise ConfigError(f"custom reward {spec!r} raised {type(e).__name__}: {e}") from e
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -169,35 +184,51 @@ def compute_rewards(
     responses: Sequence[str],
     answers: Sequence[str],
     options: Sequence[Sequence[str] | None] | None = None,
-    problem_types: Sequence[str | None] | None = None,
+    *,
+    answer_kinds: Sequence[str | None] | None = None,
+    categories: Sequence[str | None] | None = None,
     config: RewardConfig | None = None,
 ) -> dict[str, torch.Tensor]:
     """Reward components for a batch of N responses, each a float32 tensor [N] (CPU).
 
-    answers[i], options[i], problem_types[i] describe the question that responses[i] answers (repeat them
-    for the G rollouts of a prompt). Keys: "format", "accuracy", "custom" (only when configured), "total".
+    answers[i], options[i] (and answer_kinds[i], categories[i] when given) describe the question that
+    responses[i] answers; repeat them for the G rollouts of a prompt. They map onto `longrl.data.Example`
+    as answers=[ex.answer ...], options=[ex.options ...] ([] = open-ended), categories=[ex.category ...].
+    answer_kinds: None per row (or no list) decides from the options; else "multiple_choice" / "open_ended".
+    categories: passed to the custom reward only ("" when not given); they never change the answer kind.
+    Keys: "format", "accuracy", "custom" (only when configured), "total".
     """
     config = config or RewardConfig()
     n = len(responses)
     options = list(options) if options is not None else [None] * n
-    problem_types = list(problem_types) if problem_types is not None else [None] * n
-    if not len(answers) == len(options) == len(problem_types) == n:
+    answer_kinds = list(answer_kinds) if answer_kinds is not None else [None] * n
+    categories = list(categories) if categories is not None else [""] * n
+    if not len(answers) == len(options) == len(answer_kinds) == len(categories) == n:
         raise ValueError(
-            f"{n} responses but {len(answers)} answers, {len(options)} options, {len(problem_types)} problem_types"
+            f"{n} responses but {len(answers)} answers, {len(options)} options, "
+            f"{len(answer_kinds)} answer_kinds, {len(categories)} categories"
         )
     custom = load_custom_reward(config.custom) if config.custom is not None else None
     parts: dict[str, list[float]] = {"format": [], "accuracy": []}
     if custom is not None:
         parts["custom"] = []
-    for response, answer, opts, ptype in zip(responses, answers, options, problem_types, strict=True):
+    for response, answer, opts, kind, category in zip(
+        responses, answers, options, answer_kinds, categories, strict=True
+    ):
+        kind = resolve_answer_kind(opts, kind)
         parts["format"].append(format_reward(response))
-        parts["accuracy"].append(accuracy_reward(response, answer, opts, ptype, config=config))
+        parts["accuracy"].append(accuracy_reward(response, answer, opts, answer_kind=kind, config=config))
         if custom is not None:
-            parts["custom"].append(
-                _custom_value(
-                    custom, config.custom, response=response, answer=answer, options=opts, problem_type=ptype
-                )
+            value = _custom_value(
+                custom,
+                config.custom,
+                response=response,
+                answer=answer,
+                options=opts,
+                answer_kind=kind,
+                category=category or "",
             )
+            parts["custom"].append(value)
     out = {name: torch.tensor(values, dtype=torch.float32) for name, values in parts.items()}
     total = config.format_weight * out["format"] + config.accuracy_weight * out["accuracy"]
     if custom is not None:
