@@ -193,6 +193,46 @@ def test_metadata_is_bounded_by_the_cache(cache_cls, host_tier):
     assert encoded[-1] == 0 and again.second_per_grid_t == 0.0 and len(store._meta) == held
 
 
+@pytest.mark.parametrize("cache_cls", [EmbeddingCache, ReferenceEmbeddingCache])
+def test_contains_sees_both_tiers_and_has_no_side_effects(tmp_path, cache_cls):
+    """contains(): True for a memory entry or a disk file, False otherwise; no counters move and the memory
+    cache's LRU order is untouched (a probed entry is still the first evicted)."""
+    rows, hidden = 4, 8
+    entry = rows * hidden * 4  # one float32 entry = one page
+
+    def store_on(disk):
+        cache = cache_cls(2 * entry, hidden_size=hidden, dtype=torch.float32, page_rows=rows)
+        return EmbeddingStore(hidden_size=hidden, dtype=torch.float32, cache=cache, disk_dir=disk)
+
+    def parts(i):
+        return video_key_parts(
+            {"path": f"/videos/{i}.mp4"}, sampling={"n": 8}, pixel_budget=None, encoder_fingerprint="e"
+        )
+
+    def value(i):
+        return lambda: VideoEmbedding(torch.full((rows, hidden), float(i)), (1, 2, 8))
+
+    def counters(store):
+        return dict(store.counts), store.cache.stats()
+
+    store = store_on(None)
+    assert not store.contains(parts(0))
+    store.get_or_encode(parts(0), value(0))
+    store.get_or_encode(parts(1), value(1))
+    before = counters(store)
+    assert store.contains(parts(0)) and store.contains(parts(1)) and not store.contains(parts(2))
+    assert counters(store) == before
+    store.get_or_encode(parts(2), value(2))  # full: evicts the least recently USED entry, still 0
+    assert not store.contains(parts(0)) and store.contains(parts(1)) and store.contains(parts(2))
+
+    disk = tmp_path / "embed_cache"
+    store_on(disk).get_or_encode(parts(5), value(5))
+    fresh = store_on(disk)  # empty memory, same folder: only the disk tier has it
+    before = counters(fresh)
+    assert fresh.contains(parts(5)) and not fresh.contains(parts(6))
+    assert counters(fresh) == before and fresh.cache.stats()["entries"] == 0
+
+
 def test_key_is_canonical_and_covers_dtype(tmp_path):
     parts_a = {"video": {"path": "/v.mp4", "size": 3}, "sampling": {"fps": 1.0, "n": 8}, "encoder": "ab"}
     parts_b = {"encoder": "ab", "sampling": {"n": 8, "fps": 1.0}, "video": {"size": 3, "path": "/v.mp4"}}

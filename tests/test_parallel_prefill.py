@@ -164,6 +164,7 @@ def _worker(model, cases, pixels, ref_grads):
 # ---- the reference and the runs --------------------------------------------------------------------------
 
 
+@torch.enable_grad()  # it computes gradients, even when first reached from a no-grad test through _setup()
 def _reference(adapter, batch, pixels, n_global):
     """Single-process HF model: logprobs, entropies and gradients of the whole batch."""
     adapter.model.zero_grad(set_to_none=True)
@@ -319,6 +320,53 @@ def test_hook_only_touches_the_language_model_and_only_inside_the_block():
             adapter.forward(inputs.inputs_embeds, inputs.position_ids, None)
     finally:
         text._attn_implementation = before[0]
+
+
+def test_backward_recomputation_on_another_thread_sees_the_block():
+    """Checkpoint recomputation runs the hook in backward; autograd may run backward on a worker thread
+    (on CUDA it always does), which does not inherit the caller's context variables. The active SP config
+    must be visible there too. Here the backward is driven from a plain thread (CPU autograd runs it on the
+    calling thread) while the block is open in the main thread; gradients must match an uncheckpointed run.
+    """
+    import threading
+
+    from torch.utils.checkpoint import checkpoint
+
+    _, adapter, _, _, _ = _setup()
+    inputs = adapter.build_inputs(torch.tensor([[15, 16, 17, 18, 19, 20, 21, 22]]), None, [], None)
+    embeds = inputs.inputs_embeds.detach()
+
+    def grad_of_embeds(checkpointed: bool, backward_in_thread: bool) -> torch.Tensor:
+        x = embeds.clone().requires_grad_(True)
+        errors = []
+        with sp_attention(adapter, None, "ring"):
+
+            def run(e):
+                return adapter.forward(e, inputs.position_ids, None)
+
+            out = checkpoint(run, x, use_reentrant=False) if checkpointed else run(x)
+            loss = out.float().square().mean()
+            if backward_in_thread:
+
+                def backward():
+                    try:
+                        loss.backward()
+                    except BaseException as err:  # re-raised below, in the test's thread
+                        errors.append(err)
+
+                worker = threading.Thread(target=backward)
+                worker.start()
+                worker.join()
+            else:
+                loss.backward()
+        if errors:
+            raise errors[0]
+        return x.grad
+
+    ref = grad_of_embeds(checkpointed=False, backward_in_thread=False)
+    got = grad_of_embeds(checkpointed=True, backward_in_thread=True)
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
 
 
 def test_resolve_sp_attn():

@@ -191,6 +191,18 @@ class EmbeddingStore:
         """The cache key: key_parts plus the store dtype (bf16 and fp32 embeddings differ)."""
         return cache_key({**key_parts, "dtype": str(self.dtype)})
 
+    def contains(self, key_parts: Mapping[str, Any]) -> bool:
+        """Whether `get_or_encode(key_parts, ...)` would find an entry (memory or disk tier) without encoding.
+
+        Side-effect free: counts no hit or miss, does not touch the memory cache's LRU order and reads no
+        file (a disk file that later proves unreadable or mismatched is re-encoded by `get_or_encode`).
+        Ignores `frozen` (a bypassed store still answers what it holds).
+        """
+        key = self.key(key_parts)
+        if key in self.cache and key in self._meta:  # EmbeddingCache.__contains__ counts nothing
+            return True
+        return self.disk_dir is not None and self._path(key).is_file()
+
     def get_or_encode(
         self, key_parts: Mapping[str, Any], encode_fn: Callable[[], VideoEmbedding | torch.Tensor]
     ) -> VideoEmbedding:

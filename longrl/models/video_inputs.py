@@ -130,6 +130,19 @@ def load_video_file(
     )
 
 
+def encode_pixels(adapter: ModelAdapter, video: VideoPixels) -> VideoEmbedding:
+    """Run the vision tower on one preprocessed video, unsharded.
+
+    Returns a VideoEmbedding: embeds [t*h*w // merge**2, H] in the model dtype/device (with its autograd
+    graph when the tower is trainable), plus the video's grid_thw, second_per_grid_t and timestamps.
+    """
+    grid = torch.tensor([video.grid_thw], dtype=torch.int64)
+    (embeds,) = adapter.encode_video(video.pixel_values_videos, grid)
+    return VideoEmbedding(
+        embeds, tuple(video.grid_thw), float(video.second_per_grid_t), tuple(video.timestamps)
+    )
+
+
 def encode_video_file(
     adapter: ModelAdapter,
     store: EmbeddingStore | None,
@@ -173,9 +186,7 @@ def encode_video_file(
             end_s=end_s,
             isolate=isolate,
         )
-        grid = torch.tensor([video.grid_thw], dtype=torch.int64)
-        (embeds,) = adapter.encode_video(video.pixel_values_videos, grid)
-        return VideoEmbedding(embeds, video.grid_thw, video.second_per_grid_t, video.timestamps)
+        return encode_pixels(adapter, video)
 
     return encode() if store is None else store.get_or_encode(parts, encode)
 

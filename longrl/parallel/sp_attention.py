@@ -15,16 +15,20 @@ How it plugs in (transformers 5.23):
   would be wrong: causality runs over global, zigzag-permuted positions) is ever built; causality is the
   ring/Ulysses `causal=True`, and right padding sits at the end of the global sequence, where causal
   attention keeps it away from real rows.
-- The group and mode live in a ContextVar for the duration of the `with` block. With activation
-  checkpointing the layers are recomputed during backward, so run backward inside the block too; a call
-  outside any block raises instead of silently attending over the shard alone.
+- The group and mode are process-wide state (a lock-protected module global) for the duration of the
+  `with` block, not a ContextVar: autograd runs backward, and so activation-checkpoint recomputation, on
+  its own worker threads (one per CUDA device), which do not see the caller's context variables. With
+  activation checkpointing the layers are recomputed during backward, so run backward inside the block
+  too; a call outside any block raises instead of silently attending over the shard alone. Like the
+  config's `_attn_implementation` switch, this is one setting per process: nested blocks restore the
+  outer one on exit, but blocks entered concurrently from different threads would see each other's.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +48,22 @@ class _ActiveSP:
     layout: str
 
 
-_ACTIVE: ContextVar[_ActiveSP | None] = ContextVar("longrl_sp_attention", default=None)
+# Visible to every thread of the process (autograd's backward threads included); see the module docstring.
+_ACTIVE: _ActiveSP | None = None
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _active() -> _ActiveSP | None:
+    with _ACTIVE_LOCK:
+        return _ACTIVE
+
+
+def _swap_active(new: _ActiveSP | None) -> _ActiveSP | None:
+    """Install `new` as the active SP config; returns the one it replaced."""
+    global _ACTIVE
+    with _ACTIVE_LOCK:
+        previous, _ACTIVE = _ACTIVE, new
+    return previous
 
 
 def resolve_sp_attn(choice: str, num_heads: int, num_kv_heads: int, sp_size: int) -> str:
@@ -85,7 +104,7 @@ def sp_attention_forward(
     None). Raises RuntimeError outside `sp_attention(...)`, and for features the shard cannot honour: an
     explicit attention mask, attention dropout, sliding windows or a KV cache.
     """
-    active = _ACTIVE.get()
+    active = _active()
     if active is None:
         raise RuntimeError(
             "longrl_sp attention ran outside `sp_attention(...)`; with activation checkpointing, run the "
@@ -115,7 +134,11 @@ def register() -> None:
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, sp_attention_forward)
     # Mask creation must early-exit (return None) for this implementation; see the module docstring.
-    assert ATTN_IMPLEMENTATION not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+    if ATTN_IMPLEMENTATION in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        raise RuntimeError(
+            f"a mask function is registered for {ATTN_IMPLEMENTATION!r}; SP attention needs transformers to "
+            "build no mask for it (causality comes from ring/Ulysses attention over global positions)"
+        )
 
 
 def _text_config(adapter):
@@ -134,17 +157,18 @@ def sp_attention(
     mode: "ring" or "ulysses" (resolve "auto" first with `resolve_sp_attn`); layout: how the decoder's input
     was sharded ("zigzag" or "contiguous", as given to `longrl.ops.pad_and_shard`). Inputs fed to the model
     in the block must be this rank's shard, with position ids sharded alongside and attention_mask None.
-    Nested blocks restore the outer one on exit.
+    Nested blocks restore the outer one on exit. The setting is process-wide (seen by autograd's backward
+    threads too), so run one block at a time per process.
     """
     if mode not in SP_ATTN_MODES:
         raise ValueError(f"sp attention mode must be one of {SP_ATTN_MODES}, got {mode!r}")
     register()
     config = _text_config(adapter)
     previous = config._attn_implementation
-    token = _ACTIVE.set(_ActiveSP(group, mode, layout))
+    outer = _swap_active(_ActiveSP(group, mode, layout))
     config._attn_implementation = ATTN_IMPLEMENTATION
     try:
         yield
     finally:
         config._attn_implementation = previous
-        _ACTIVE.reset(token)
+        _swap_active(outer)

@@ -12,8 +12,10 @@ embeddings, which every rank already holds.
 
 Padding. The batch must be RIGHT-padded (left padding raises ValueError): SP attention takes no mask and
 relies on causality, which keeps both the batch's right padding and the shard padding (pad_and_shard pads
-the end of the sequence up to a multiple of 2*sp) after every real row. Padded rows get embedding 0, position
-0 and target -100: any position would do, since no real row ever attends to a padded one.
+the end of the sequence up to a multiple of 2*sp) after every real row. The shard padding rows get
+embedding 0, position 0 and target -100; the batch's own right-padding rows keep the embeddings and
+positions the caller built for them (the pad token's) and get target -100 (attention_mask 0). Neither
+matters for the real rows: under causal attention no real row ever attends to a padded one.
 
 Gradients. Every sp rank holds the full-sequence logprobs and must compute the SAME loss from them (the
 gather's backward keeps only this rank's rows, without communication). A rank's parameter gradients then

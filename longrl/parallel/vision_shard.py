@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from longrl.models.base import ModelAdapter
 from longrl.models.embedding_store import EmbeddingStore, VideoEmbedding
-from longrl.models.video_inputs import VideoPixels
+from longrl.models.video_inputs import VideoPixels, encode_pixels
 
 
 def split_temporal(grid_t: int, sp_size: int, offset: int = 0) -> list[int]:
@@ -147,14 +147,6 @@ def encode_videos_sharded(
     return [torch.cat(parts) for parts in out]
 
 
-def _stored_locally(store: EmbeddingStore, key_parts: Mapping[str, Any]) -> bool:
-    """Whether `store` would serve key_parts without encoding (memory entry or disk file); no side effects."""
-    key = store.key(key_parts)
-    if key in store.cache and key in store._meta:
-        return True
-    return store.disk_dir is not None and store._path(key).is_file()
-
-
 def _all_ranks_agree(flags: list[bool], group: dist.ProcessGroup | None, device: torch.device) -> list[bool]:
     """Element-wise AND of `flags` over the group (one all-reduce)."""
     if group is None or dist.get_world_size(group) == 1 or not flags:
@@ -186,7 +178,7 @@ def get_or_encode_sharded(
     n = len(key_parts)
     device = device or adapter.device
     bypass = store is None or not store.frozen
-    local = [False] * n if bypass else [_stored_locally(store, parts) for parts in key_parts]
+    local = [False] * n if bypass else [store.contains(parts) for parts in key_parts]
     shared = _all_ranks_agree(local, group, device)
     missing = [i for i in range(n) if not shared[i]]
 
@@ -209,16 +201,8 @@ def get_or_encode_sharded(
         else:
             # Every rank said it has the entry; if it vanished meanwhile (evicted, unreadable file) this
             # rank re-encodes it alone, without collectives, so the group cannot deadlock.
-            results.append(store.get_or_encode(parts, lambda i=i: _encode_alone(adapter, load(i))))
+            results.append(store.get_or_encode(parts, lambda i=i: encode_pixels(adapter, load(i))))
     return results
-
-
-def _encode_alone(adapter: ModelAdapter, video: VideoPixels) -> VideoEmbedding:
-    grid = torch.tensor([video.grid_thw], dtype=torch.long)
-    (embeds,) = adapter.encode_video(video.pixel_values_videos, grid)
-    return VideoEmbedding(
-        embeds, tuple(video.grid_thw), float(video.second_per_grid_t), tuple(video.timestamps)
-    )
 
 
 def encode_video_file_sharded(
