@@ -241,6 +241,7 @@ def block_attention_backward(
     *,
     mode: str = "full",
     scale: float | None = None,
+    grad_dtype: torch.dtype | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of one block given the *merged* out and lse of the query rows (ring attention backward).
@@ -248,10 +249,14 @@ def block_attention_backward(
     dout, out [B, H, Lq', D] and lse [B, H, Lq'] float32 cover the rows `mode` computes (Lq' as in
     block_attention). With out/lse the final merged values, the result is this block's exact share of the
     full-attention gradient. Returns dq shaped like q (zero rows outside the mode's queries), dk and dv shaped
-    like k and v (zero rows outside the mode's keys), in q/k/v's dtype (accumulated in float32).
+    like k and v (zero rows outside the mode's keys), accumulated in float32 and returned in `grad_dtype`:
+    None (default) is q/k/v's dtype; torch.float32 returns the float32 sums unrounded (every backend computes
+    them in float32 math then, no pass through fp16/bf16) — what a caller that adds several blocks' gradients
+    (the ring backward) needs so each block is not rounded to fp16/bf16 before the sum.
     """
     _attention.check_args(q, k, v, mode)
-    return _attention.backward(dout, q, k, v, out, lse, mode, scale, _pick("block_attention", q, backend))
+    backend = _pick("block_attention", q, backend)
+    return _attention.backward(dout, q, k, v, out, lse, mode, scale, backend, grad_dtype=grad_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------

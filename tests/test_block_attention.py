@@ -6,7 +6,8 @@ masks and GQA by repeat_interleave), themselves checked by float64 gradcheck / a
 against autograd through full attention on the unsharded sequence.
 Tolerances (kernel vs fp32 reference on the same inputs): fp32 1e-5 (atol and rtol), fp16 2e-3 forward /
 5e-3 gradients, bf16 1.6e-2 forward / 3e-2 gradients (Triton bf16 under the interpreter: 3e-2 / 4e-2, its
-fp32 -> bf16 stores round less carefully); the fp32 ring 1e-5.
+fp32 -> bf16 stores round less carefully); the fp32 ring 1e-5. grad_dtype=float32 on fp16/bf16 inputs: 1e-5 vs
+float64 math on the same inputs (the rounded default is checked to be off by more than 2e-4).
 """
 
 from __future__ import annotations
@@ -151,6 +152,28 @@ def test_backward_matches_reference(backend: str, mode: str, dtype: torch.dtype)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+def test_backward_float32_grads_are_not_rounded(backend: str, mode: str, dtype: torch.dtype) -> None:
+    """grad_dtype=float32 on fp16/bf16 inputs returns the fp32 sums: within 1e-5 (atol and rtol) of float64
+    math on the same inputs (measured <= 2e-6), where the default path, rounded to the input dtype, is off
+    by 2e-4 or more (measured 5e-4..1.6e-2)."""
+    q, k, v = _qkv(SHAPES[0], dtype, _seed("bwd32", backend, mode, dtype), mode)
+    ref_out, ref_lse = attn.reference_forward(*(t.double() for t in (q, k, v)), mode)
+    out, lse = ref_out.float(), ref_lse.float()
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    exact = attn.reference_backward(*(t.double() for t in (dout, q, k, v, out, lse)), mode)
+    wide = ops.block_attention_backward(
+        dout, q, k, v, out, lse, mode=mode, grad_dtype=torch.float32, backend=backend
+    )
+    narrow = ops.block_attention_backward(dout, q, k, v, out, lse, mode=mode, backend=backend)
+    for got, rounded, want, like in zip(wide, narrow, exact, (q, k, v), strict=True):
+        assert got.dtype == torch.float32 and rounded.dtype == dtype and got.shape == like.shape
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    assert max(float((g.double() - w).abs().max()) for g, w in zip(narrow, exact, strict=True)) > 2e-4
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("mode", ("causal", "q_second_half", "kv_first_half"))
 def test_non_contiguous_inputs(backend: str, mode: str) -> None:
     q, k, v = _qkv((2, 2, 1, 19, 22, 16), torch.float32, _seed("nc", backend, mode), mode)
@@ -242,6 +265,8 @@ def test_argument_errors() -> None:
         ops.block_attention_backward(torch.zeros_like(q), q, k, v, out, lse, mode="q_second_half")
     with pytest.raises(ValueError, match="lse"):
         ops.block_attention_backward(out, q, k, v, out, lse.half(), mode="q_second_half")
+    with pytest.raises(ValueError, match="grad_dtype"):
+        ops.block_attention_backward(out, q, k, v, out, lse, mode="q_second_half", grad_dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------------------

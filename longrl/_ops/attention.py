@@ -2,7 +2,8 @@
 
 The per-step compute of ring attention; see longrl.ops.block_attention for the public contract. Backends:
   "aten"   CPU: aten._scaled_dot_product_flash_attention_for_cpu and its backward op (both take the LSE, so
-           the backward runs with the merged out/lse directly; GQA is native).
+           the backward runs with the merged out/lse directly; GQA is native). The backward op returns its
+           input dtype, so grad_dtype=float32 on fp16/bf16 inputs runs it on float32 copies of the inputs.
            CUDA: forward with aten flash attention (fp16/bf16, head dim a multiple of 8 up to 256) or memory
            efficient attention (otherwise); backward with the chunked torch math below (the CUDA flash/efficient
            backward ops want their forward's internal state, which a ring's merged out/lse never had).
@@ -336,9 +337,17 @@ def _aten_backward(
     lse: torch.Tensor,
     causal: bool,
     scale: float,
+    fp32_grads: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv of the sliced views: float32 on CUDA; on CPU in the kernel's dtype (q's, or float32 when
+    fp32_grads)."""
     if q.is_cuda:
         return torch_backward(dout, q, k, v, out, lse, causal, scale)
+    if fp32_grads and q.dtype != torch.float32:
+        # The CPU kernel returns gradients in its input dtype, rounded from its internal fp32 sums; upcasting
+        # that result would not bring the lost bits back. Run the kernel in float32 on upcast copies instead
+        # (exact: every fp16/bf16 value is a float32 value), at the cost of those copies.
+        q, k, v, dout, out = (t.float() for t in (q, k, v, dout, out))
     # The CPU flash backward recomputes P from the lse it is given and D = rowsum(dout * out): exact for the
     # merged values. It wants dout/out in q's dtype (for fp16/bf16 the merged fp32 out is rounded, as in any
     # flash backward that keeps out in the model dtype).
@@ -381,13 +390,25 @@ def backward(
     mode: str,
     scale: float | None,
     backend: str,
+    *,
+    grad_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """block_attention_backward on `backend`: dq, dk, dv shaped and typed like q, k, v (zeros outside mode)."""
+    """block_attention_backward on `backend`: dq, dk, dv shaped like q, k, v (zeros outside mode), in
+    `grad_dtype` (None: q's dtype; float32: the fp32 sums, never rounded to fp16/bf16 on the way)."""
     check_backward_args(dout, q, k, out, lse, mode)
+    if grad_dtype is None:
+        grad_dtype = q.dtype
+    if grad_dtype not in (q.dtype, torch.float32):
+        raise ValueError(
+            f"block_attention_backward: grad_dtype must be None, torch.float32 or q's dtype ({q.dtype}), "
+            f"got {grad_dtype}"
+        )
     scale = _scale(q, scale)
-    dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
-    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
-    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
+    # Triton stores its fp32 tile sums straight into these (converting once, to grad_dtype); the torch math
+    # returns fp32 and is copied in, so for grad_dtype float32 nothing is rounded.
+    dq = torch.zeros_like(q, dtype=grad_dtype, memory_format=torch.contiguous_format)
+    dk = torch.zeros_like(k, dtype=grad_dtype, memory_format=torch.contiguous_format)
+    dv = torch.zeros_like(v, dtype=grad_dtype, memory_format=torch.contiguous_format)
     qv, kv, vv, causal = mode_views(q, k, v, mode)
     dqv, dkv, dvv, _ = mode_views(dq, dk, dv, mode)
     if qv.numel() == 0 or kv.numel() == 0:
@@ -398,7 +419,7 @@ def backward(
         attention_backward(dout, qv, kv, vv, out, lse, causal, scale, dqv, dkv, dvv)
         return dq, dk, dv
     if backend == "aten":
-        grads = _aten_backward(dout, qv, kv, vv, out, lse, causal, scale)
+        grads = _aten_backward(dout, qv, kv, vv, out, lse, causal, scale, grad_dtype == torch.float32)
     else:
         grads = torch_backward(dout, qv, kv, vv, out, lse, causal, scale)
     for dst, src in zip((dqv, dkv, dvv), grads, strict=True):

@@ -25,15 +25,19 @@ them (one fp32 tensor per block, stacked [2, B, Hkv, Ls, D]). At step j rank r h
 computes the block's gradients with `block_attention_backward` given the *merged* out/lse of its queries
 (which makes them the block's exact share of the full gradient), adds dK/dV to the accumulator it received
 for s and sends it on. After step sp-1 the accumulator held for s = r+1 has collected all sp contributions;
-one last shift delivers every accumulator home. dQ stays local (fp32). The K/V shift of step j+1 is posted
+one last shift delivers every accumulator home. dQ stays local (fp32). Block gradients come back in fp32
+(grad_dtype), so for fp16/bf16 inputs each dQ/dK/dV element is rounded to the input dtype once, at the end,
+not once per ring step. Not everything is fp32: `out` is saved for backward in q's dtype (as a flash
+attention saves it), so rowsum(dout * out) sees the rounded out. The K/V shift of step j+1 is posted
 before step j computes; the dK/dV shift of step j is posted after it and waited for only after step j+1's
 compute, so both transfers overlap compute.
 
 Memory per rank (no full-sequence tensor is ever built): q/k/v/out of the shard, two packed K/V buffers
 [2, B, Hkv, Ls, D] (the one computed on and the one arriving), fp32 accumulators out [B, H, Ls, D] and lse
-[B, H, Ls]; in backward also fp32 dQ [B, H, Ls, D] and up to three fp32 dK/dV buffers [2, B, Hkv, Ls, D]
-(being received, updated, being sent). Scores are bounded by the block op (chunked/fused). K/V travel with
-their Hkv heads (GQA is never expanded).
+[B, H, Ls]; in backward also fp32 dQ [B, H, Ls, D], one step's fp32 block gradients (dq [B, H, Ls, D], dk
+and dv [B, Hkv, Ls, D]) and up to three fp32 dK/dV buffers [2, B, Hkv, Ls, D] (being received, updated,
+sent). Scores are bounded by the block op (chunked/fused). K/V travel with their Hkv heads (GQA is never
+expanded).
 """
 
 from __future__ import annotations
@@ -102,8 +106,11 @@ class _LocalAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = ops.block_attention_backward(dout, q, k, v, out, lse, mode=ctx.mode, scale=ctx.scale)
-        return dq, dk, dv, None, None
+        # fp32 gradients rounded here once: fp16/bf16 kernels (the aten CPU one) round intermediates as well.
+        grads = ops.block_attention_backward(
+            dout, q, k, v, out, lse, mode=ctx.mode, scale=ctx.scale, grad_dtype=torch.float32
+        )
+        return *(g.to(t.dtype) for g, t in zip(grads, (q, k, v), strict=True)), None, None
 
 
 def local_attention(
@@ -203,8 +210,10 @@ class _RingAttention(torch.autograd.Function):
             grads = None
             if mode is not None:
                 do, o, lse_rows = second if mode == "q_second_half" else (dout, out, lse)
+                # float32 block gradients: rounding each step's share to fp16/bf16 before it is added to the
+                # fp32 accumulators would add up to sp roundings per element.
                 grads = ops.block_attention_backward(
-                    do, q, kv[0], kv[1], o, lse_rows, mode=mode, scale=ctx.scale
+                    do, q, kv[0], kv[1], o, lse_rows, mode=mode, scale=ctx.scale, grad_dtype=torch.float32
                 )
                 dq += grads[0]
             _trace("bwd_compute", step)
