@@ -4,6 +4,8 @@ and the device's copy bandwidth measured in the same run (the yardstick for memo
 from __future__ import annotations
 
 import ctypes
+import datetime
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -150,3 +152,22 @@ def make_row(
         speedup=baseline_seconds / seconds if baseline_seconds else None,
         note=note,
     )
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device a benchmark ran on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def report_header(benchmark: str, device: torch.device, quick: bool) -> dict:
+    """The metadata every benchmark report starts with: what ran, when, where, on which torch."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "quick": quick,
+    }

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import importlib
-import platform
 
 import torch
 
-from longrl.bench.harness import BenchRow, copy_bandwidth_gbps
+from longrl.bench.harness import BenchRow, copy_bandwidth_gbps, report_header
 
 # Bench group name -> module in longrl.bench exposing run(device, quick, copy_gbps) -> list[BenchRow].
 GROUPS = {
@@ -17,12 +15,6 @@ GROUPS = {
     "embedding_cache": "kernels_cache",
     "logprobs": "kernels_logprobs",
 }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def run_kernel_benchmarks(device: torch.device, *, quick: bool, groups: list[str] | None = None) -> dict:
@@ -37,12 +29,7 @@ def run_kernel_benchmarks(device: torch.device, *, quick: bool, groups: list[str
         module = importlib.import_module(f"longrl.bench.{GROUPS[group]}")
         rows.extend(module.run(device, quick, copy_gbps))
     return {
-        "benchmark": "kernels",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "quick": quick,
+        **report_header("kernels", device, quick),
         "copy_gbps": copy_gbps,
         "rows": [r.to_dict() for r in rows],
     }

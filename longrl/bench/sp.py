@@ -17,12 +17,11 @@ overlap.
 from __future__ import annotations
 
 import ctypes
-import datetime
 import os
 
 import torch
 
-from longrl.bench.harness import BenchRow, make_row, peak_memory_bytes, time_fn
+from longrl.bench.harness import BenchRow, make_row, peak_memory_bytes, report_header, time_fn
 
 CPU_SEQ_LEN, CPU_QUICK_SEQ_LEN = 32768, 4096
 CUDA_SEQ_LEN, CUDA_QUICK_SEQ_LEN = 131072, 16384
@@ -106,7 +105,6 @@ def run_sp_benchmark(
     sp = 1 is measured once, as the baseline). seq_len default: 32k tokens on CPU (4k quick), 128k on CUDA
     (16k quick).
     """
-    from longrl.bench.kernels import device_name
 
     sp_sizes = sorted(set(sp_sizes or [1, 2, 4]) | {1})
     attns = attns or ["ring", "ulysses"]
@@ -126,12 +124,7 @@ def run_sp_benchmark(
         else:
             os.environ["MALLOC_MMAP_THRESHOLD_"] = saved_env
     return {
-        "benchmark": "sp",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "quick": quick,
+        **report_header("sp", device, quick),
         "seq_len": seq_len,
         "sp_sizes": sp_sizes,
         "attns": attns,
