@@ -1,0 +1,52 @@
+"""`--nproc N` re-runs the command under torchrun (cli/launch.py)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from longrl.cli import launch
+
+from longrl.errors import ConfigError
+
+
+def test_single_node_is_standalone():
+    assert launch.torchrun_args() == ["--standalone"]
+
+
+def test_multi_node_uses_a_c10d_rendezvous():
+    args = launch.torchrun_args(nnodes=2, node_rank=1, rdzv_endpoint="head:29400", rdzv_id="job7")
+    assert args == [
+        "--nnodes=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=head:29400",
+        "--rdzv-id=job7",
+        "--node-rank=1",
+    ]
+
+
+@pytest.mark.parametrize("kwargs", [{"nnodes": 0}, {"nnodes": 2}])
+def test_bad_node_flags_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        launch.torchrun_args(**kwargs)
+
+
+def test_no_relaunch_for_one_process_or_inside_torchrun(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert launch.relaunch_under_torchrun(1) is None
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launch.under_torchrun()
+    assert launch.relaunch_under_torchrun(2) is None
+    with pytest.raises(ConfigError, match="--nproc"):
+        launch.relaunch_under_torchrun(0)
+
+
+def test_relaunch_runs_the_same_command_on_n_workers(monkeypatch, tmp_path, capfd):
+    for var in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sys, "argv", ["longrl", "--help"])
+    assert launch.relaunch_under_torchrun(2) == 0
+    out = capfd.readouterr().out
+    # Each of the two workers ran `longrl --help` itself.
+    assert out.count("Usage:") == 2
