@@ -27,6 +27,9 @@ def _register() -> None:
     from longrl.cli import plot as plot_cli
 
     plot_cli.register(app)
+    from longrl.cli import generate as generate_cli
+
+    generate_cli.register(app)
     app.add_typer(bench.app, name="bench")
     app.add_typer(models.app, name="models")
     app.add_typer(video.app, name="video")
