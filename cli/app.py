@@ -24,6 +24,9 @@ def _register() -> None:
     from longrl.cli import bench, doctor, models, video
 
     doctor.register(app)
+    from longrl.cli import eval as eval_cli
+
+    eval_cli.register(app)
     from longrl.cli import plot as plot_cli
 
     plot_cli.register(app)

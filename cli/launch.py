@@ -62,6 +62,9 @@ def relaunch_under_torchrun(nproc: int, extra_args: Sequence[str] = ("--standalo
         *extra_args,
         "-m",
         "longrl.cli.app",
+        # "--" ends torchrun's own flags: without it torchrun reads the command's `--nproc` as an
+        # abbreviation of its `--nproc-per-node` and refuses the ambiguity.
+        "--",
         *sys.argv[1:],
     ]
     env = dict(os.environ)

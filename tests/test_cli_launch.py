@@ -45,8 +45,9 @@ def test_no_relaunch_for_one_process_or_inside_torchrun(monkeypatch):
 def test_relaunch_runs_the_same_command_on_n_workers(monkeypatch, tmp_path, capfd):
     for var in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(sys, "argv", ["longrl", "--help"])
+    # `--nproc` in the command itself must reach the workers, not torchrun.
+    monkeypatch.setattr(sys, "argv", ["longrl", "eval", "--nproc", "2", "--help"])
     assert launch.relaunch_under_torchrun(2) == 0
     out = capfd.readouterr().out
-    # Each of the two workers ran `longrl --help` itself.
+    # Each of the two workers ran `longrl eval --help` itself.
     assert out.count("Usage:") == 2

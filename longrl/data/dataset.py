@@ -76,7 +76,7 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read_rows(path: Path) -> Iterator[tuple[str, int, Any]]:
+def read_rows(path: Path) -> Iterator[tuple[str, int, Any]]:
     """Yield (where, row index, row) for each row; a row that is not JSON comes as a RowProblem.
 
     The first non-blank character decides the format: "[" -> one JSON list, else JSONL (blank lines are
@@ -157,7 +157,7 @@ def load_examples(
     examples: list[Example] = []
     parsed_any = False
     video_cache: dict = {}  # one resolution per distinct video path in this file
-    for where, index, row in _read_rows(path):
+    for where, index, row in read_rows(path):
         report.total += 1
         try:
             if isinstance(row, RowProblem):
