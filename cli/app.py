@@ -33,6 +33,9 @@ def _register() -> None:
     from longrl.cli import generate as generate_cli
 
     generate_cli.register(app)
+    from longrl.cli import train as train_cli
+
+    train_cli.register(app)
     app.add_typer(bench.app, name="bench")
     app.add_typer(models.app, name="models")
     app.add_typer(video.app, name="video")

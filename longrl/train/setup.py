@@ -1,0 +1,464 @@
+"""Everything a training run needs before its first step, and what it leaves behind after its last.
+
+    ctx = setup_run(cfg, kind="sft")        # parallel state, run folder, model, data, optimizer, resume
+    for step in range(ctx.start_step + 1, cfg.run.steps + 1):
+        ...                                 # the trainer's own step
+        if ctx.should_save(step): ctx.save(step)
+    finish_run(ctx, final_metrics)          # final HF folder + summary.json
+
+The run folder (`run.out`) holds config.yaml (the effective config), metrics.jsonl, checkpoints/, final/
+and summary.json. A run never writes into a folder holding anything else: a folder that is not empty is
+accepted only when it holds nothing but these names (a run of ours), and then only with `--resume auto`
+(continue from its latest checkpoint, or start over when it has none) or `--resume CHECKPOINT`.
+
+Precision: float32 parameters everywhere by default (model.dtype "auto"); on a GPU the forward passes run
+under bf16 autocast (`ctx.autocast()`), on the CPU in float32, which keeps CPU runs exactly reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from longrl.errors import ConfigError
+from longrl.train.config import RLConfig, SFTConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from longrl.data.dataset import LoadReport
+    from longrl.models.base import ModelAdapter
+    from longrl.models.embedding_store import EmbeddingStore
+    from longrl.parallel.groups import ParallelState
+    from longrl.rollout.prompts import VideoSource
+    from longrl.train.data import TrainData
+    from longrl.train.metrics import MetricsLogger
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+FINAL_DIR = "final"
+# What a run of ours writes into its folder; anything else there means the folder is someone else's.
+RUN_FILES = frozenset({CONFIG_FILE, "metrics.jsonl", "checkpoints", FINAL_DIR, SUMMARY_FILE, "tensorboard"})
+
+
+@dataclass
+class TrainContext:
+    """The state of one training run on this process (see `setup_run`).
+
+    model: the HF module (`adapter.model`) whose parameters the optimizer updates; lora_modules: the names
+    of the LoRA-wrapped layers ([] = full fine-tuning). sp_attn: "ring" or "ulysses" (resolved). start_step:
+    optimizer steps already done (0 for a fresh run). trainer_state: what the resumed checkpoint saved
+    ({} when fresh). counts: run-time problems by name (e.g. "unreadable_videos"), reported in summary.json.
+    """
+
+    cfg: SFTConfig | RLConfig
+    kind: str
+    state: ParallelState
+    run_dir: Path
+    adapter: ModelAdapter
+    tokenizer: Any
+    video_config: Any
+    lora_modules: list[str]
+    store: EmbeddingStore | None
+    source: VideoSource
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    metrics: MetricsLogger
+    data: TrainData
+    load_report: LoadReport
+    sp_attn: str
+    start_step: int = 0
+    resumed_from: Path | None = None
+    trainer_state: dict[str, Any] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)  # first few run-time problems, verbatim
+    owns_process_group: bool = False  # setup_run started the process group, close_run ends it
+
+    @property
+    def model(self) -> nn.Module:
+        return self.adapter.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.rank == 0
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for forward passes on a GPU with float32 weights; nothing on the CPU."""
+        if self.device.type == "cuda" and self.adapter.dtype == torch.float32:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def should_save(self, step: int) -> bool:
+        every = self.cfg.run.save_every
+        return step == self.cfg.run.steps or (every > 0 and step % every == 0)
+
+    def note_problem(self, kind: str, message: str, keep: int = 10) -> None:
+        """Count a run-time problem (e.g. an unreadable video) and keep the first few messages."""
+        self.counts[kind] += 1
+        if len(self.problems) < keep:
+            self.problems.append(message)
+
+    def save(self, step: int, extra: dict[str, Any] | None = None) -> Path:
+        """Checkpoint after optimizer step `step` (a collective): model, optimizer, scheduler, every rank's
+        RNG and data position, the problem counts, plus `extra` (JSON-able)."""
+        from longrl.train.checkpoint import save_checkpoint
+        from longrl.train.data import gather_positions
+
+        trainer_state = {
+            "step": step,
+            "kind": self.kind,
+            "data_positions": gather_positions(self.data, self.state),
+            "counts": _gather_counts(self.counts, self.state),
+            "problems": self.problems,
+            **(extra or {}),
+        }
+        return save_checkpoint(
+            self.run_dir,
+            step,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            trainer_state=trainer_state,
+            state=self.state,
+            keep_last=self.cfg.run.keep_last,
+        )
+
+
+def _gather_counts(counts: Counter, state: ParallelState) -> list[dict[str, int]]:
+    """Every rank's counts (rank order); counts of sp ranks of a replica are equal, summaries use dp ranks."""
+    mine = dict(counts)
+    if not state.distributed:
+        return [mine]
+    import torch.distributed as dist
+
+    everyone: list[Any] = [None] * state.world_size
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
+def _total_counts(per_rank: list[dict[str, int]], state: ParallelState) -> dict[str, int]:
+    total: Counter = Counter()
+    for d in range(state.dp_size):  # one sp rank per replica: the others saw the same videos
+        total.update(per_rank[d * state.sp_size] if d * state.sp_size < len(per_rank) else {})
+    return dict(total)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# setup
+
+
+def check_inputs(cfg: SFTConfig | RLConfig) -> None:
+    """File-system checks of a config, before anything is started: one ConfigError naming the flag."""
+    from longrl.models.loading import read_model_config
+
+    if not cfg.model.path:
+        raise ConfigError(
+            "no model: pass --model PATH (a local HF model folder, e.g. `longrl models make-tiny`)"
+        )
+    read_model_config(cfg.model.path)  # ModelError naming the folder
+    if not cfg.data.train:
+        raise ConfigError("no training data: pass --data FILE (a JSON or JSONL file of rows)")
+    if not Path(cfg.data.train).is_file():
+        raise ConfigError(f"data file {cfg.data.train} not found; pass --data FILE")
+    if cfg.data.video_root is not None and not Path(cfg.data.video_root).is_dir():
+        raise ConfigError(f"video root {cfg.data.video_root} is not a folder; pass --video-root DIR")
+    if cfg.run.resume not in (None, "auto") and not Path(cfg.run.resume).is_dir():
+        raise ConfigError(
+            f"checkpoint {cfg.run.resume} does not exist; pass --resume auto or a checkpoint folder"
+        )
+
+
+def _init_parallel(cfg: SFTConfig | RLConfig) -> ParallelState:
+    from longrl.parallel.groups import init_parallel
+
+    backend = "gloo" if cfg.run.device == "cpu" else None
+    state = init_parallel(cfg.parallel.sp, backend=backend)
+    if cfg.run.device == "cpu" and state.device.type != "cpu":
+        raise ConfigError("--device cpu needs the gloo backend; this run's process group uses GPUs")
+    return state
+
+
+def _device(cfg: SFTConfig | RLConfig, state: ParallelState) -> torch.device:
+    from longrl.devices import resolve_device
+
+    if state.distributed:
+        return state.device  # cuda:LOCAL_RANK under NCCL, cpu under gloo
+    return resolve_device(cfg.run.device)
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh start; ConfigError when the folder is not ours or
+    holds a run that was not asked to be resumed."""
+    from longrl.train.checkpoint import latest_checkpoint
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} is a file; pass --out DIR")
+    present = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    foreign = [name for name in present if name not in RUN_FILES]
+    if foreign:
+        raise ConfigError(
+            f"run folder {run_dir} holds files that are not from a longrl run ({', '.join(foreign[:3])}); "
+            "choose a new or empty --out folder"
+        )
+    latest = latest_checkpoint(run_dir)
+    if resume is None:
+        if present:
+            hint = "pass --resume auto to continue it" if latest else "pass --resume auto to start it over"
+            raise ConfigError(f"run folder {run_dir} is not empty; {hint}, or choose a new --out folder")
+        return None
+    if resume == "auto":
+        return latest
+    return Path(resume)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) with `seed`."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _sampling(cfg: SFTConfig | RLConfig):
+    from longrl.video.sampling import SamplingConfig
+
+    if cfg.data.fps is not None:
+        return SamplingConfig(fps=cfg.data.fps, max_frames=cfg.data.max_frames)
+    return SamplingConfig(num_frames=cfg.data.frames)
+
+
+def setup_run(cfg: SFTConfig | RLConfig, kind: str) -> TrainContext:
+    """Start a run: parallel state, run folder, data, model (+ LoRA, checkpointing, vision tower), embedding
+    store, optimizer + scheduler, metrics logger, and resume from a checkpoint when asked.
+
+    kind: "sft" or "rl" (recorded in checkpoints; a checkpoint of the other kind is refused). Every
+    problem a user can cause is a one-line LongRLError raised before any training starts.
+    """
+    if kind not in ("sft", "rl"):
+        raise ValueError(f"kind must be 'sft' or 'rl', got {kind!r}")
+    from longrl.models.embedding_store import EmbeddingStore
+    from longrl.models.loading import load_model, parse_dtype
+    from longrl.parallel.sp_attention import resolve_sp_attn
+    from longrl.rollout.prompts import VideoSource
+    from longrl.train.checkpoint import load_checkpoint
+    from longrl.train.config_io import save_config
+    from longrl.train.data import load_train_data, restore_positions
+    from longrl.train.lora import apply_lora
+    from longrl.train.metrics import MetricsLogger
+    from longrl.train.optim import build_optimizer, build_scheduler
+
+    check_inputs(cfg)
+    import torch.distributed as dist
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars from every rank would drown the step rows
+
+    had_group = dist.is_available() and dist.is_initialized()
+    state = _init_parallel(cfg)
+    device = _device(cfg, state)
+    run_dir = Path(cfg.run.out)
+    resume_from = resolve_resume(run_dir, cfg.run.resume)
+    _barrier(state)  # every rank has looked at the folder before rank 0 writes into it
+
+    seed_everything(cfg.run.seed)  # the same on every rank: LoRA initialization must agree
+    data, report = load_train_data(
+        cfg.data,
+        seed=cfg.run.seed,
+        dp_rank=state.dp_rank,
+        dp_size=state.dp_size,
+        require_reasoning=kind == "sft",
+    )
+
+    dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
+    parse_dtype(dtype)
+    loaded = load_model(cfg.model.path, dtype=dtype, device=device, vision_trainable=False)
+    adapter = loaded.adapter
+    lora_modules = apply_lora(adapter.model, cfg.model.lora)
+    # apply_lora freezes everything but the adapters; without LoRA the whole language model trains.
+    if not lora_modules:
+        for p in adapter.model.parameters():
+            p.requires_grad_(True)
+    adapter.set_vision_trainable(cfg.model.train_vision)
+    if cfg.model.gradient_checkpointing:
+        adapter.model.activation_checkpointing_enable()
+    adapter.model.train()
+
+    text = adapter.config.get_text_config()
+    sp_attn = resolve_sp_attn(
+        cfg.parallel.sp_attn, text.num_attention_heads, text.num_key_value_heads, state.sp_size
+    )
+    store = None
+    if not cfg.model.train_vision:
+        store = EmbeddingStore.for_adapter(
+            adapter,
+            capacity_bytes=int(cfg.data.embed_cache_gb * 2**30),
+            disk_dir=cfg.data.embed_cache_dir,
+        )
+    source = VideoSource(
+        sampling=_sampling(cfg),
+        video_config=loaded.video_config,
+        backend=cfg.data.video_backend,
+        store=store,
+        state=state,
+        isolate=cfg.data.isolate_decode,
+    )
+
+    optimizer = build_optimizer(adapter.model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.run.steps)
+
+    start_step, trainer_state = 0, {}
+    if resume_from is not None:
+        trainer_state = load_checkpoint(
+            resume_from, model=adapter.model, optimizer=optimizer, scheduler=scheduler, state=state
+        )
+        saved_kind = trainer_state.get("kind", kind)
+        if saved_kind != kind:
+            raise ConfigError(
+                f"checkpoint {resume_from} is from `longrl train {saved_kind}`, not `train {kind}`; "
+                "start a new run folder (pass its final/ folder as --model to continue from its weights)"
+            )
+        start_step = int(trainer_state["step"])
+        restore_positions(data, trainer_state["data_positions"])
+
+    metrics = MetricsLogger(
+        run_dir,
+        enabled=state.rank == 0,
+        tensorboard=cfg.run.tensorboard,
+        total_steps=cfg.run.steps,
+        console_keys=_console_keys(kind),
+    )
+    if state.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / CONFIG_FILE)
+        metrics.truncate_after(start_step)
+    _barrier(state)
+
+    ctx = TrainContext(
+        cfg=cfg,
+        kind=kind,
+        state=state,
+        run_dir=run_dir,
+        adapter=adapter,
+        tokenizer=loaded.tokenizer,
+        video_config=loaded.video_config,
+        lora_modules=lora_modules,
+        store=store,
+        source=source,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        metrics=metrics,
+        data=data,
+        load_report=report,
+        sp_attn=sp_attn,
+        start_step=start_step,
+        resumed_from=resume_from,
+        trainer_state=trainer_state,
+        owns_process_group=state.distributed and not had_group,
+    )
+    if trainer_state:
+        per_rank = trainer_state.get("counts", [])
+        if isinstance(per_rank, list) and state.rank < len(per_rank):
+            ctx.counts.update(per_rank[state.rank])
+        ctx.problems = list(trainer_state.get("problems", []))
+    return ctx
+
+
+def _console_keys(kind: str) -> list[str]:
+    if kind == "sft":
+        return ["loss", "grad_norm", "lr", "tokens", "time/step"]
+    return [
+        "reward", "reward/format", "reward/accuracy", "kl", "entropy", "clip_frac", "response_len",
+        "time/vision", "time/rollout", "time/ref", "time/update", "cache_hit_rate",
+    ]  # fmt: skip
+
+
+def _barrier(state: ParallelState) -> None:
+    if state.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# finish
+
+
+def finish_run(ctx: TrainContext, final_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save the final HF model folder (LoRA merged, in a copy) to run_dir/final and write summary.json.
+
+    Returns the summary (on every rank; only rank 0 writes). A collective when distributed.
+    """
+    import copy
+
+    from longrl.models.loading import save_model
+    from longrl.train.lora import merge_lora
+
+    counts = _total_counts(_gather_counts(ctx.counts, ctx.state), ctx.state)
+    data_report = ctx.load_report.to_dict()
+    data_report["skipped"].update(ctx.load_report.skipped)  # reasons added by the trainer (missing_reasoning)
+    summary = {
+        "kind": ctx.kind,
+        "steps": ctx.cfg.run.steps,
+        "resumed_from": str(ctx.resumed_from) if ctx.resumed_from else None,
+        "data": data_report,
+        "bad_rows": ctx.load_report.num_skipped,
+        "unreadable_videos": counts.get("unreadable_videos", 0),
+        "counts": counts,
+        "problems": ctx.problems,
+        "final_metrics": final_metrics or {},
+        "final_model": str(ctx.run_dir / FINAL_DIR),
+    }
+    if ctx.is_main:
+        model = ctx.model
+        if ctx.lora_modules:
+            model = copy.deepcopy(model)
+            merge_lora(model)
+        save_model(
+            model,
+            ctx.tokenizer,
+            ctx.run_dir / FINAL_DIR,
+            processor_config=ctx.adapter.processor_config,
+            overwrite=True,
+        )
+        _write_json(ctx.run_dir / SUMMARY_FILE, summary)
+    ctx.metrics.close()
+    _barrier(ctx.state)
+    return summary
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def close_run(ctx: TrainContext) -> None:
+    """Close the metrics files and end the process group if `setup_run` started it (safe to call twice)."""
+    ctx.metrics.close()
+    if ctx.owns_process_group:
+        from longrl.parallel.groups import destroy_parallel
+
+        destroy_parallel()
+        ctx.owns_process_group = False
