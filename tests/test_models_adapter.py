@@ -19,8 +19,10 @@ ONE = [(2, 4, 6)]
 SEVERAL = [(2, 4, 6), (4, 2, 4), (1, 4, 4), (2, 10, 12)]
 
 
-def _hf_logits(model, adapter, ids, mask, pixels, grid, seconds, with_types=True):
+def _hf_logits(model, adapter, ids, mask, pixels, grid, seconds, with_types=True, position_ids=None):
     kwargs = {"mm_token_type_ids": adapter.mm_token_type_ids(ids)} if with_types else {}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
     return model(
         input_ids=ids,
         attention_mask=mask,
@@ -43,12 +45,12 @@ def test_adapter_forward_equals_hf_forward(grids, side):
     if len(grids) > 1:
         assert mask.sum(1).unique().numel() == len(grids)  # really different lengths, so padding is exercised
 
-    ref = _hf_logits(model, adapter, ids, mask, pixels, grid, seconds)
-
     embeds = adapter.encode_video(pixels, grid)
     assert [e.shape[0] for e in embeds] == [adapter.num_video_tokens(g) for g in grids]
     inputs = adapter.build_inputs(ids, mask, embeds, grid, seconds)
     assert inputs.position_ids.shape == (3, *ids.shape)
+    # HF's forward from pixels, with the same 3-D positions (see test_positions_* for the positions).
+    ref = _hf_logits(model, adapter, ids, mask, pixels, grid, seconds, position_ids=inputs.position_ids)
     logits = adapter.logits(inputs.inputs_embeds, inputs.position_ids, inputs.attention_mask)
     assert torch.equal(logits, ref)
 
@@ -60,8 +62,61 @@ def test_adapter_forward_equals_hf_forward(grids, side):
         video_grid_thw=grid,
         second_per_grid_ts=seconds,
         mm_token_type_ids=adapter.mm_token_type_ids(ids),
+        position_ids=inputs.position_ids,
     ).last_hidden_state
     assert torch.equal(hidden, ref_hidden)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@torch.no_grad()
+def test_positions_equal_transformers_while_videos_are_short(side):
+    """Where transformers 5.x's get_rope_index and Qwen2.5-VL's rule agree (a video's temporal extent within
+    its spatial one), the positions are exactly transformers'."""
+    model, tok = tiny_model()
+    adapter = M.wrap_model(model)
+    grids = [(2, 4, 6), (1, 4, 4), (2, 10, 12)]
+    _, grid = random_videos(grids, seed=0)
+    ids, mask = prompt_batch(tok, grids, side)
+    seconds = torch.tensor([0.5, 1.0, 2.0])  # temporal extents 1, 0, 4 <= max(h, w) / 2 = 3, 2, 6
+    embeds = [torch.zeros(adapter.num_video_tokens(g), adapter.hidden_size) for g in grids]
+    ours = adapter.build_inputs(ids, mask, embeds, grid, seconds)
+    theirs, deltas = model.model.get_rope_index(
+        ids, mm_token_type_ids=adapter.mm_token_type_ids(ids), video_grid_thw=grid,
+        second_per_grid_ts=seconds, attention_mask=mask,
+    )  # fmt: skip
+    assert torch.equal(ours.position_ids[:, mask.bool()], theirs[:, mask.bool()])
+    assert torch.equal(ours.rope_deltas.view(-1), deltas.view(-1))
+
+
+def test_positions_follow_the_qwen25_rule_on_a_long_video():
+    """Hand-computed: text resumes after the video at the video's largest position + 1 (Qwen2.5-VL as
+    trained, vLLM), not at its start + max(h, w) / merge (transformers 5.x)."""
+    from longrl.models.qwen2_5_vl import VIDEO_TYPE, mrope_positions
+
+    types = torch.tensor([[0, 0, 0] + [VIDEO_TYPE] * 8 + [0, 0]])
+    ids = torch.zeros_like(types)
+    mask = torch.ones_like(types)
+    # t=4 temporal patches, 2x4 patches -> 1x2 merged; 1 s per patch at 2 tokens/s -> interval 2.
+    pos, deltas = mrope_positions(
+        ids, mask, types, torch.tensor([[4, 2, 4]]), torch.tensor([1.0]), merge_size=2, tokens_per_second=2
+    )
+    text = [0, 1, 2]
+    assert pos[0, 0].tolist() == text + [3, 3, 5, 5, 7, 7, 9, 9] + [10, 11]
+    assert pos[1, 0].tolist() == text + [3] * 8 + [10, 11]
+    assert pos[2, 0].tolist() == text + [3, 4] * 4 + [10, 11]
+    assert deltas.tolist() == [[12 - 13]]
+    # Left padding: pads get 0, real tokens keep their positions, and two videos back to back each restart.
+    v = VIDEO_TYPE
+    types2 = torch.tensor([[0, 0, 0, v, v, v, v, v, v, 0]])
+    mask2 = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1, 1, 1]])
+    pos2, deltas2 = mrope_positions(
+        torch.zeros_like(types2), mask2, types2, torch.tensor([[2, 2, 2], [4, 2, 2]]), None,
+        merge_size=2, tokens_per_second=1,
+    )  # fmt: skip
+    # video 1 (2 tokens): t 0, 1 from start 2; video 2 (4 tokens): t 0..3 from start 3 + 1 = 4; text at 7 + 1.
+    assert pos2[0, 0].tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+    assert pos2[1, 0].tolist() == [0, 0, 1, 2, 2, 4, 4, 4, 4, 8]
+    assert deltas2.tolist() == [[9 - 9]]
 
 
 @torch.no_grad()
@@ -72,8 +127,8 @@ def test_adapter_forward_equals_hf_forward_bf16():
     adapter = M.wrap_model(model)
     pixels, grid = random_videos(SEVERAL, seed=9)
     ids, mask = prompt_batch(tok, SEVERAL, "left")
-    ref = _hf_logits(model, adapter, ids, mask, pixels, grid, None)
     inputs = adapter.build_inputs(ids, mask, adapter.encode_video(pixels, grid), grid)
+    ref = _hf_logits(model, adapter, ids, mask, pixels, grid, None, position_ids=inputs.position_ids)
     logits = adapter.logits(inputs.inputs_embeds, inputs.position_ids, inputs.attention_mask)
     assert logits.dtype == torch.bfloat16 and torch.equal(logits, ref)
 
@@ -158,13 +213,14 @@ def test_second_per_grid_ts_moves_temporal_positions():
 @torch.no_grad()
 def test_kv_cache_decoding_matches_full_forward():
     """Prefill a left-padded batch with a KV cache, then one new token per row at `decode_position_ids`:
-    equals HF's forward over the whole sequence (with mm_token_type_ids) at the last position."""
+    equals HF's forward over the whole sequence (same 3-D positions) at the last position."""
     model, tok = tiny_model()
     adapter = M.wrap_model(model)
     grids = SEVERAL[:2]
     pixels, grid = random_videos(grids, seed=5)
     ids, mask = prompt_batch(tok, grids, "left")
-    inp = adapter.build_inputs(ids, mask, adapter.encode_video(pixels, grid), grid)
+    embeds = adapter.encode_video(pixels, grid)
+    inp = adapter.build_inputs(ids, mask, embeds, grid)
     cache = adapter.new_kv_cache()
     adapter.forward(inp.inputs_embeds, inp.position_ids, inp.attention_mask, past_key_values=cache)
 
@@ -174,7 +230,10 @@ def test_kv_cache_decoding_matches_full_forward():
     step = adapter.logits(adapter.embed_tokens(new), step_pos, full_mask, past_key_values=cache)
 
     full_ids = torch.cat([ids, new], dim=1)
-    ref = _hf_logits(model, adapter, full_ids, full_mask, pixels, grid, None)[:, -1:]
+    full_positions = adapter.build_inputs(full_ids, full_mask, embeds, grid).position_ids
+    ref = _hf_logits(model, adapter, full_ids, full_mask, pixels, grid, None, position_ids=full_positions)[
+        :, -1:
+    ]
     torch.testing.assert_close(step, ref, atol=1e-5, rtol=0)
 
 

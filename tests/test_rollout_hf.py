@@ -135,6 +135,28 @@ def test_greedy_equals_full_forward_reference(side):
     _check_logprobs_against_trainer(adapter, batch, results, params)
 
 
+@torch.no_grad()
+def test_long_video_decode_positions_equal_the_trainers():
+    """A video whose temporal positions run far past the text after it (16 patches x 2 s at 2 tokens/s =
+    60 positions, a few dozen text tokens): decoding must continue at the same positions the trainer's full
+    forward gives the response (with transformers 5.x's get_rope_index they differed by tens)."""
+    adapter, _, batch, _, _ = _setup("left", grids=[(16, 2, 2), (2, 4, 6)])
+    batch.second_per_grid_ts = torch.tensor([2.0, 1.0])
+    batch.inputs = adapter.build_inputs(
+        batch.input_ids,
+        batch.attention_mask,
+        batch.video_embeds,
+        batch.video_grid_thw,
+        batch.second_per_grid_ts,
+    )
+    engine = HFEngine(adapter)
+    params = SamplingParams(n=1, max_new_tokens=8, greedy=True)
+    results = engine.generate(batch, params)
+    ref = _reference_greedy(adapter, batch, 8, set(engine.eos_ids))
+    assert [r.token_ids.tolist() for r in results] == ref
+    _check_logprobs_against_trainer(adapter, batch, results, params)
+
+
 def _check_logprobs_against_trainer(
     adapter, batch, results, params: SamplingParams, atol: float = ATOL
 ) -> None:

@@ -2,9 +2,15 @@
 
 The trap this file exists to avoid: Qwen2.5-VL's forward builds 3-D mrope positions only when it is given
 `mm_token_type_ids`; without them it silently uses 1-D positions, and a model trained one way and rolled
-out the other sees different positions for every video token. `build_inputs` always derives
-`mm_token_type_ids` from the ids and calls the model's own `get_rope_index`, so positions are the ones the
-full HF forward uses, and `forward` feeds them to the decoder explicitly.
+out the other sees different positions for every video token. `build_inputs` always builds the 3-D positions
+itself (`mrope_positions`) and `forward` feeds them to the decoder explicitly.
+
+The second trap: transformers 5.17's `get_rope_index` resumes the text after a video at the video's start
++ max(h, w) / merge, while Qwen2.5-VL was trained (and vLLM and transformers 4.x run it) with the text
+resuming at the video's largest position + 1. The two agree only while a video's temporal extent is short;
+on long videos they differ, and worse, transformers' own rope_deltas (max + 1 - length) then put decoded
+tokens at other positions than the full forward does. `mrope_positions` implements the original rule, so
+training, the HF engine's incremental decode and vLLM all see the same positions.
 """
 
 from __future__ import annotations
@@ -22,6 +28,68 @@ from longrl.video.qwen_layout import FrameResizer, QwenVideoConfig, QwenVideoInp
 
 # Values of mm_token_type_ids in transformers' Qwen-VL code.
 TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
+
+
+def mrope_positions(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_types: torch.Tensor,
+    video_grid_thw: torch.Tensor | None,
+    second_per_grid_ts: torch.Tensor | None,
+    *,
+    merge_size: int,
+    tokens_per_second: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2.5-VL's 3-D rope positions (the rule the model was trained with) and the decode offsets.
+
+    input_ids / attention_mask / token_types: [B, L] (types: 0 text, 2 video pad; padding has mask 0).
+    video_grid_thw: [N, 3] (t, h, w) in patches, videos in row-major order of appearance;
+    second_per_grid_ts: [N] seconds per temporal patch (None = 1.0 each).
+    Text runs advance by 1 from the current start; a video's tokens get (start + floor(t_index * seconds *
+    tokens_per_second), start + h_index, start + w_index) over its merged grid; the text after it resumes at
+    the largest position so far + 1. Padding gets position 0.
+    Returns position_ids [3, B, L] int64 and rope_deltas [B, 1] = max position + 1 - real length, so the
+    k-th generated token (k = 0, 1, ...) sits at real length + k + delta on all three axes.
+    """
+    b, length = input_ids.shape
+    device = input_ids.device
+    positions = torch.zeros(3, b, length, dtype=torch.long, device=device)
+    deltas = torch.zeros(b, 1, dtype=torch.long, device=device)
+    grids = video_grid_thw.tolist() if video_grid_thw is not None else []
+    seconds = second_per_grid_ts.tolist() if second_per_grid_ts is not None else [1.0] * len(grids)
+    video = 0
+    for row in range(b):
+        real = attention_mask[row].bool()
+        types = token_types[row][real].tolist()
+        parts: list[torch.Tensor] = []
+        start = 0
+        i = 0
+        while i < len(types):
+            j = i
+            while j < len(types) and (types[j] == VIDEO_TYPE) == (types[i] == VIDEO_TYPE):
+                j += 1
+            if types[i] != VIDEO_TYPE:
+                parts.append(torch.arange(start, start + j - i, device=device).expand(3, -1))
+                start += j - i
+                i = j
+                continue
+            t, h, w = grids[video]
+            h, w = h // merge_size, w // merge_size
+            interval = seconds[video] * tokens_per_second
+            video += 1
+            t_pos = (torch.arange(t, device=device) * interval).long()
+            grid_t, grid_h, grid_w = torch.meshgrid(
+                t_pos, torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
+            )
+            part = torch.stack([grid_t, grid_h, grid_w]).reshape(3, -1) + start
+            parts.append(part)
+            start = int(part.max()) + 1
+            i += t * h * w  # one video's tokens; two videos back to back are two segments
+        if parts:
+            row_positions = torch.cat(parts, dim=1)
+            positions[:, row, real] = row_positions
+            deltas[row, 0] = int(row_positions.max()) + 1 - len(types)
+    return positions, deltas
 
 
 class Qwen2_5_VLAdapter(ModelAdapter):
@@ -153,14 +221,14 @@ class Qwen2_5_VLAdapter(ModelAdapter):
 
         if second_per_grid_ts is not None:
             second_per_grid_ts = torch.as_tensor(second_per_grid_ts, dtype=torch.float32, device=device)
-        # get_rope_index gives 3-D positions for video tokens and ordinary running positions for text; padding
-        # (mask 0) gets position 0 and is skipped, so real tokens' positions do not depend on padding side.
-        position_ids, rope_deltas = self.model.model.get_rope_index(
+        position_ids, rope_deltas = mrope_positions(
             input_ids,
-            mm_token_type_ids=self.mm_token_type_ids(input_ids),
-            video_grid_thw=grid,
-            second_per_grid_ts=second_per_grid_ts,
-            attention_mask=attention_mask,
+            attention_mask,
+            self.mm_token_type_ids(input_ids),
+            grid,
+            second_per_grid_ts,
+            merge_size=self.merge_size,
+            tokens_per_second=self.tokens_per_second,
         )
         return MultimodalInputs(embeds, position_ids, attention_mask, rope_deltas)
 
