@@ -22,7 +22,7 @@ from longrl.rollout.base import (
 )
 
 # name -> "module:Class"; an engine is added with one line here.
-ENGINES = {"hf": "longrl.rollout.hf:HFEngine"}
+ENGINES = {"hf": "longrl.rollout.hf:HFEngine", "vllm": "longrl.rollout.vllm:VLLMEngine"}
 
 __all__ = [
     "ENGINES",
