@@ -301,14 +301,19 @@ def test_definite_failures_are_cached_but_timeouts_are_not(video, tmp_path, monk
 
 
 def _failing_backend_child(tmp_path, broken: str, action: str) -> str:
-    """A child script that runs the real one, except that `decode --backend {broken}` does `action`."""
+    """A child script that runs the real one, except that decoding with backend {broken} does `action`
+    (per request: the child is a worker that serves many)."""
     script = tmp_path / f"fail_{broken}.py"
     script.write_text(
-        "import runpy, sys\n"
-        f"if sys.argv[1] == 'decode' and sys.argv[sys.argv.index('--backend') + 1] == {broken!r}:\n"
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('real_probe', {decode_mod._PROBE_SCRIPT!r})\n"
+        "probe = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(probe)\n"
+        "def broken(path, indices, chunk):\n"
         f"    {action}\n"
-        f"sys.argv[0] = {decode_mod._PROBE_SCRIPT!r}\n"
-        f"runpy.run_path({decode_mod._PROBE_SCRIPT!r}, run_name='__main__')\n"
+        "    yield\n"
+        f"probe.ITERATORS[{broken!r}] = broken\n"
+        "sys.exit(probe.main())\n"
     )
     return str(script)
 
@@ -319,7 +324,7 @@ def _failing_backend_child(tmp_path, broken: str, action: str) -> str:
     [
         "import ctypes; ctypes.string_at(0)",  # crash
         "import time; time.sleep(600)",  # hang
-        'print(\'{"ok": false, "reason": "decord cannot decode this"}\'); raise SystemExit(0)',  # error
+        'raise RuntimeError("decord cannot decode this")',  # error: the child answers {"ok": false}
     ],
     ids=["crash", "hang", "error"],
 )

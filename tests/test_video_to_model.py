@@ -104,6 +104,8 @@ def test_video_files_to_logits_equal_hf_forward(tiny_dir, clips, side, monkeypat
         video_grid_thw=pixels.video_grid_thw,
         second_per_grid_ts=pixels.second_per_grid_ts,
         mm_token_type_ids=(ids == video_token).to(torch.int32) * 2,  # 2 = video, as HF's processor marks it
+        # Qwen2.5-VL's own positions (transformers 5.x's differ on long videos; see mrope_positions).
+        position_ids=batch.inputs.position_ids,
     ).logits
     assert ours.dtype == torch.float32 and torch.equal(ours, ref)
 

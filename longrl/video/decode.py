@@ -13,8 +13,12 @@ Safety: native decoders can segfault or hang on corrupt input, and no Python `tr
    and still hang the decoder later (seen with decord on files with damaged sample tables, at random), so
    only this keeps the guarantee. (Seen here, decord 0.6.0: an mp4 whose stts entry count is wrong makes
    decord abort the whole process with std::bad_alloc; see tests/videos.py:write_bad_sample_table.)
-   `isolate=False` decodes in-process: faster (no interpreter start), for inputs you trust; Python-level
-   decoder errors still become `VideoError`.
+   `isolate=False` decodes in-process, for inputs you trust; Python-level decoder errors still become
+   `VideoError`.
+The child is a long-lived worker (`longrl.video.worker`) that serves probe after probe and decode after
+decode, so a file costs no interpreter start. A request that crashes the worker or runs past its timeout
+fails that file only (the worker is killed; the next request starts a new one); each thread in flight gets a
+worker of its own, a forked process starts its own, and all are stopped at exit.
 
 Memory: frames travel from the child through a pipe, a chunk of about `CHUNK_BYTES` at a time, straight into
 the result array (no temporary file, no second copy). An optional per-frame `transform` (e.g. the model's
@@ -29,17 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
-import select
 import signal
 import stat
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ import numpy as np
 
 from longrl.errors import BackendError, ConfigError, VideoError
 from longrl.video import probe as _probe
+from longrl.video import worker as _worker
 
 log = logging.getLogger(__name__)
 
@@ -169,31 +169,31 @@ def _timeout_answer(backend: str, what: str, timeout_s: float) -> dict:
     }
 
 
-def _child_command(args: list[str]) -> list[str]:
+def _worker_command() -> tuple[str, ...]:
+    """How to start a worker: the interpreter and the probe script (read at each call, so a test can swap it)."""
     # -P (Python >= 3.11): do not put the script's folder first on sys.path, where this package's modules
     # (inspect.py...) would shadow the standard library's; probe.py also drops it itself, for 3.10.
-    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
-    return [sys.executable or "python3", *safe_path, _PROBE_SCRIPT, *args]
+    safe_path = ("-P",) if sys.version_info >= (3, 11) else ()
+    return (sys.executable or "python3", *safe_path, _PROBE_SCRIPT)
 
 
-def _run_child(args: list[str], backend: str, what: str, timeout_s: float) -> dict:
-    """Run the probe script with `args` -> its JSON answer ({"ok": False, "reason"} for a crash or hang)."""
-    return _run_command(_child_command(args), backend, what, timeout_s)
-
-
-def _run_command(cmd: list[str], backend: str, what: str, timeout_s: float) -> dict:
+def _run_command(
+    args: list[str], backend: str, what: str, timeout_s: float, sink: _worker.FrameSink | None = None
+) -> dict:
+    """Run one request (probe.py's arguments) in a worker -> its JSON answer; a crash, hang or broken stream
+    becomes {"ok": False, "reason", "transient"}. Decoded frames go to `sink`; what it raises propagates."""
     try:
-        proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s, errors="replace"
-        )
-    except subprocess.TimeoutExpired:
-        # subprocess.run has killed the child by now.
-        return _timeout_answer(backend, what, timeout_s)
-    return _child_answer(proc.returncode, proc.stdout, proc.stderr, backend, what)
+        return _worker.request(_worker_command(), args, timeout_s, sink)
+    except _worker.WorkerLost as lost:
+        if lost.timed_out:
+            return _timeout_answer(backend, what, timeout_s)
+        if lost.returncode is None:
+            return {"ok": False, "reason": f"the {backend} child process {lost} while {what}"}
+        return _exit_answer(lost.returncode, lost.output, backend, what)
 
 
-def _child_answer(returncode: int, stdout: str, stderr: str, backend: str, what: str) -> dict:
-    """The child's JSON answer, or {"ok": False, "reason"} for a crash or output that is not an answer."""
+def _exit_answer(returncode: int, output: str, backend: str, what: str) -> dict:
+    """{"ok": False, "reason", "transient"} for a child that exited (`returncode`) before it answered."""
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -206,23 +206,18 @@ def _child_answer(returncode: int, stdout: str, stderr: str, backend: str, what:
             "reason": f"the {backend} decoder crashed ({name}) while {what}; "
             "the file is corrupt or unsupported",
         }
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    try:
-        answer = json.loads(lines[-1])
-        if not isinstance(answer, dict) or "ok" not in answer:
-            raise ValueError("not a probe answer")
-    except (IndexError, ValueError):
-        tail = " ".join(stderr.strip().splitlines()[-3:])[-300:]
-        return {
-            "ok": False,
-            "reason": f"the {backend} child process failed while {what} (exit code {returncode}): {tail}",
-        }
-    return answer
+    tail = " ".join(output.strip().splitlines()[-3:])[-300:]
+    return {
+        "ok": False,
+        "reason": f"the {backend} child process failed while {what} (exit code {returncode}): {tail}",
+    }
 
 
 def _probe_one(path: str, backend: str, timeout_s: float) -> VideoInfo | _Failure:
-    # "--" ends the options, so a file name starting with "-" stays a file name.
-    answer = _run_child(["probe", "--backend", backend, "--", path], backend, "probing", timeout_s)
+    # The worker outlives changes of this process's working directory: it gets an absolute path. "--" ends
+    # the options, so a file name starting with "-" stays a file name.
+    args = ["probe", "--backend", backend, "--", os.path.abspath(path)]
+    answer = _run_command(args, backend, "probing", timeout_s)
     if not answer.get("ok"):
         return _Failure(str(answer.get("reason", "unknown failure")), bool(answer.get("transient")))
     fps = float(answer["fps"])
@@ -361,10 +356,6 @@ class _DecodeFailure(Exception):
     """A reason, in words, why decoding failed (decode_frames turns it into a VideoError)."""
 
 
-class _Timeout(Exception):
-    pass
-
-
 class _Frames:
     """The decoded (and transformed) frames of a decode, filled chunk by chunk in frame order.
 
@@ -454,76 +445,10 @@ def _decode_here(path: str, backend: str, unique: np.ndarray, chunk: int, sink: 
 def _decode_in_child(
     path: str, backend: str, unique: np.ndarray, chunk: int, timeout_s: float, sink: _Frames
 ) -> None:
-    """Decode in a child process that streams frames through a pipe into `sink` (see probe.py)."""
-    read_fd, write_fd = os.pipe()
-    _widen_pipe(write_fd)
+    """Decode in a worker process that streams frames through a pipe into `sink` (see probe.py, worker.py)."""
     args = ["decode", "--backend", backend, "--indices", ",".join(map(str, unique.tolist()))]
-    args += ["--chunk", str(chunk), "--out-fd", str(write_fd), "--", path]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(
-                _child_command(args), stdin=subprocess.DEVNULL, stdout=out, stderr=err, pass_fds=(write_fd,)
-            )
-        finally:
-            os.close(write_fd)  # the child holds the only write end: its exit ends the stream
-        try:
-            deadline = _receive(read_fd, sink, time.monotonic() + timeout_s)
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except (_Timeout, subprocess.TimeoutExpired):
-            answer = _timeout_answer(backend, "decoding", timeout_s)
-        else:
-            out.seek(0)
-            err.seek(0)
-            stdout, stderr = (f.read().decode(errors="replace") for f in (out, err))
-            answer = _child_answer(proc.returncode, stdout, stderr, backend, "decoding")
-        finally:
-            os.close(read_fd)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    # An absolute path: the worker may have started in another working directory. "--" ends the options.
+    args += ["--chunk", str(chunk), "--", os.path.abspath(path)]
+    answer = _run_command(args, backend, "decoding", timeout_s, sink)
     if not answer.get("ok"):
         raise _DecodeFailure(str(answer.get("reason", "unknown failure")))
-
-
-def _widen_pipe(fd: int) -> None:
-    # A 1 MiB pipe buffer instead of 64 KiB: fewer wake-ups per chunk (Linux only; harmless elsewhere).
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
-    except (ImportError, AttributeError, OSError):
-        pass
-
-
-def _receive(fd: int, sink: _Frames, deadline: float) -> float:
-    """Read chunks from `fd` into `sink` until the stream ends -> the deadline, pushed back by the time spent
-    in the transform. A stream that ends mid-chunk just ends (the child's answer says why). Raises _Timeout."""
-    poller = select.poll()  # not select.select: it fails for descriptors >= 1024, common in big jobs
-    poller.register(fd, select.POLLIN)
-    header = bytearray(_probe.CHUNK_HEADER.size)
-    while True:
-        if _read_into(fd, poller, memoryview(header), deadline) < len(header):
-            return deadline
-        k, height, width, channels = _probe.CHUNK_HEADER.unpack(header)
-        buffer = sink.slot(k, (height, width, channels))
-        stamps = np.empty(k, dtype="<f8")
-        for view in (memoryview(stamps).cast("B"), memoryview(buffer).cast("B")):
-            if _read_into(fd, poller, view, deadline) < len(view):
-                return deadline
-        started = time.monotonic()
-        sink.commit(buffer, stamps)
-        deadline += time.monotonic() - started
-
-
-def _read_into(fd: int, poller: select.poll, view: memoryview, deadline: float) -> int:
-    """Fill `view` from `fd` -> bytes read (fewer only at the end of the stream). Raises _Timeout."""
-    got = 0
-    while got < len(view):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not poller.poll(max(1, int(remaining * 1000))):
-            raise _Timeout()
-        n = os.readv(fd, [view[got:]])
-        if n == 0:
-            break
-        got += n
-    return got

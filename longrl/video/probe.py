@@ -1,18 +1,28 @@
-"""Probe or decode a video in a child process, so a decoder that crashes or hangs cannot take the caller down.
+"""Probe or decode videos in a child process, so a decoder that crashes or hangs cannot take the caller down.
 
 Native decoders (decord, FFmpeg behind PyAV) can segfault, abort or loop forever on corrupt files.
-`longrl.video.decode` runs this file as a script in a fresh interpreter, with a timeout:
+`longrl.video.decode` runs this file as a script in a child interpreter, normally as a long-lived worker
+(`longrl.video.worker`) that serves many requests, each under a timeout:
 
+    python longrl/video/probe.py serve  --in-fd R --out-fd W
     python longrl/video/probe.py probe  --backend decord|pyav PATH
     python longrl/video/probe.py decode --backend decord|pyav --indices 0,5,9 --chunk K --out-fd FD PATH
 
-`probe` prints one JSON line: {"ok": true, "backend", "num_frames", "fps", "width", "height"} or
-{"ok": false, "reason": "..."}. It opens the file, reads the frame count and rate, and decodes the first and
-the last frame (a file cut short usually fails there). `decode` streams the requested frames, K at a time,
-to the inherited file descriptor FD (a pipe the parent reads while the child decodes, so neither side ever
-holds more than a few chunks of full-resolution frames), then prints the same kind of JSON line. Each chunk
-on FD is: 4 little-endian int64 (k, height, width, channels), k float64 timestamps in seconds, then the
-k * height * width * channels uint8 RGB bytes (`write_chunk` / `CHUNK_HEADER`).
+`serve` reads requests from file descriptor R, one JSON line each: the argument list of a one-shot `probe`
+or `decode` run (without --out-fd), e.g. ["probe", "--backend", "pyav", "--", "a.mp4"]. For each it writes
+to W the frame chunks (decode) and then one answer message (`write_answer`), and waits for the next request;
+it exits when R reaches its end (the parent closed it, or died).
+
+The one-shot commands run one request and exit. `probe` prints one JSON line: {"ok": true, "backend",
+"num_frames", "fps", "width", "height"} or {"ok": false, "reason": "..."}. It opens the file, reads the frame
+count and rate, and decodes the first and the last frame (a file cut short usually fails there). `decode`
+streams the requested frames, K at a time, to the inherited file descriptor FD (a pipe the parent reads while
+the child decodes, so neither side ever holds more than a few chunks of full-resolution frames), then prints
+the same kind of JSON line.
+
+Stream format: each chunk is 4 little-endian int64 (k, height, width, channels), k float64 timestamps in
+seconds, then the k * height * width * channels uint8 RGB bytes (`write_chunk` / `CHUNK_HEADER`). An answer
+message (serve only) is the header (ANSWER, n, 0, 0) and then n bytes of UTF-8 JSON.
 
 This file imports only the standard library, numpy and the decoder (never torch or the rest of longrl), so the
 child starts in a fraction of a second. It is run by path, not with `-m`, for the same reason.
@@ -34,6 +44,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
+import signal  # noqa: E402
 import struct  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 
@@ -241,7 +252,8 @@ def _stack(frames: list[np.ndarray]) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- frame stream
 
-CHUNK_HEADER = struct.Struct("<4q")  # k, height, width, channels
+CHUNK_HEADER = struct.Struct("<4q")  # k, height, width, channels; or ANSWER, length, 0, 0
+ANSWER = -1  # first header field of an answer message (a chunk has k >= 1)
 
 
 def write_chunk(out, frames: np.ndarray, stamps: np.ndarray) -> None:
@@ -251,44 +263,107 @@ def write_chunk(out, frames: np.ndarray, stamps: np.ndarray) -> None:
     out.write(memoryview(np.ascontiguousarray(frames)).cast("B"))
 
 
+def write_answer(out, answer: dict) -> None:
+    """Write the answer to a request (a JSON object) to the binary stream `out`, and flush it."""
+    data = json.dumps(answer).encode()
+    out.write(CHUNK_HEADER.pack(ANSWER, len(data), 0, 0))
+    out.write(data)
+    out.flush()
+
+
 # ------------------------------------------------------------------------------------------------ child entry
 
 PROBERS = {"decord": probe_decord, "pyav": probe_pyav}
 ITERATORS = {"decord": iter_decord, "pyav": iter_pyav}
 
 
-def _decode(args: argparse.Namespace) -> dict:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Probe or decode videos (run in a child process).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("probe", "decode"):
+        command = commands.add_parser(name)
+        command.add_argument("path")
+        command.add_argument("--backend", choices=sorted(PROBERS), required=True)
+        if name == "decode":
+            command.add_argument("--indices", default="", help="comma-separated sorted frame indices")
+            command.add_argument("--chunk", type=int, default=64, help="frames per chunk on the stream")
+            command.add_argument("--out-fd", type=int, default=-1, help="file descriptor to stream frames to")
+    serve = commands.add_parser("serve")
+    serve.add_argument("--in-fd", type=int, required=True, help="file descriptor to read requests from")
+    serve.add_argument("--out-fd", type=int, required=True, help="file descriptor for frames and answers")
+    return parser
+
+
+def _decode(args: argparse.Namespace, out) -> dict:
     indices = [int(i) for i in args.indices.split(",") if i]
     sent = 0
-    # The parent owns the read end; closing ours (with the file) at the end is its end-of-stream.
-    with open(args.out_fd, "wb", closefd=True) as out:
-        for frames, stamps in ITERATORS[args.backend](args.path, indices, max(1, args.chunk)):
-            write_chunk(out, frames, stamps)
-            out.flush()
-            sent += frames.shape[0]
+    for frames, stamps in ITERATORS[args.backend](args.path, indices, max(1, args.chunk)):
+        write_chunk(out, frames, stamps)
+        out.flush()
+        sent += frames.shape[0]
     return {"ok": True, "backend": args.backend, "frames": sent}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Probe or decode one video (run in a child process).")
-    parser.add_argument("command", choices=["probe", "decode"])
-    parser.add_argument("path")
-    parser.add_argument("--backend", choices=sorted(PROBERS), required=True)
-    parser.add_argument("--indices", default="", help="comma-separated sorted frame indices (decode)")
-    parser.add_argument("--chunk", type=int, default=64, help="frames per chunk on the stream (decode)")
-    parser.add_argument("--out-fd", type=int, default=-1, help="file descriptor decode streams frames to")
-    args = parser.parse_args(argv)
+def _answer(args: argparse.Namespace, out) -> dict:
+    """Run one probe or decode request -> its answer; decoded frames go to the binary stream `out`."""
     try:
         if args.command == "probe":
-            result = {"ok": True, "backend": args.backend, **PROBERS[args.backend](args.path)}
-        else:
-            result = _decode(args)
+            return {"ok": True, "backend": args.backend, **PROBERS[args.backend](args.path)}
+        return _decode(args, out)
     except Unusable as exc:
-        result = {"ok": False, "reason": str(exc)}
+        return {"ok": False, "reason": str(exc)}
     except BrokenPipeError:
-        result = {"ok": False, "reason": "the parent stopped reading the frames"}
+        return {"ok": False, "reason": "the parent stopped reading the frames"}
     except Exception as exc:  # any other decoder error is still a property of the file
-        result = {"ok": False, "reason": f"{args.backend} failed ({describe_error(exc)})"}
+        return {"ok": False, "reason": f"{args.backend} failed ({describe_error(exc)})"}
+
+
+def serve(in_fd: int, out_fd: int) -> int:
+    """Answer requests from `in_fd` (JSON argument lists, one a line) on `out_fd` until `in_fd` ends."""
+    # Ctrl-C reaches the whole process group: the parent decides what happens to a request in flight (it
+    # kills this worker when it gives up on one), and an idle worker has nothing to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parser = _parser()
+    try:
+        with open(in_fd, "rb") as requests, open(out_fd, "wb") as out:
+            _serve_requests(parser, requests, out)
+    except BrokenPipeError:  # the parent is gone, or gave up on this worker
+        pass
+    return 0
+
+
+def _serve_requests(parser: argparse.ArgumentParser, requests, out) -> None:
+    for line in requests:
+        try:
+            argv = json.loads(line)
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise ValueError("a request is a list of strings")
+            args = parser.parse_args(argv)
+            answer = (
+                {"ok": False, "reason": "serve cannot be requested"}
+                if args.command == "serve"
+                else _answer(args, out)
+            )
+        except (ValueError, SystemExit) as exc:  # argparse exits on bad arguments: a bug in the parent
+            answer = {"ok": False, "reason": f"malformed request {line[:200]!r} ({exc})"}
+        write_answer(out, answer)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args.in_fd, args.out_fd)
+    if args.command == "probe":
+        result = _answer(args, None)
+    else:
+        try:
+            # The parent owns the read end; closing ours (with the file) at the end is its end-of-stream.
+            with open(args.out_fd, "wb", closefd=True) as out:
+                result = _answer(args, out)
+        except BrokenPipeError:  # flushing at close
+            result = {"ok": False, "reason": "the parent stopped reading the frames"}
+        except OSError as exc:  # no such descriptor
+            result = {"ok": False, "reason": f"cannot write the frames to descriptor {args.out_fd} ({exc})"}
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
