@@ -85,3 +85,30 @@ def sp(
     if json_path is not None:
         write_json(report, json_path)
         print(f"wrote {json_path}")
+
+
+@app.command("rl-step")
+def rl_step(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON to this file.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer frames, responses and repetitions (about a minute on CPU).")] = False,
+    frames: Annotated[str | None, typer.Option("--frames", help="Comma-separated frame counts (default: CPU 32,64,128; CUDA 128,256,512).")] = None,
+    sp: Annotated[int, typer.Option("--sp", help="Also run MR-SP with this many sequence-parallel processes (1 = only sp=1).")] = 1,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present) or cpu; ranks use one GPU each on CUDA.")] = "auto",
+) -> None:  # fmt: skip
+    """One GRPO step, MR-SP (encode once + cache + SP prefill) vs vanilla (re-encode everywhere, no SP)."""
+    from longrl.bench.report import print_report, write_json
+    from longrl.bench.rl_step import run_rl_step_benchmark
+
+    counts = _int_list("--frames", frames) if frames else None
+    if counts and any(f < 2 for f in counts):
+        raise ConfigError(f"--frames {frames}: a video needs at least 2 frames (one temporal patch)")
+    if sp < 1:
+        raise ConfigError(f"--sp {sp}: must be >= 1")
+    dev = _device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: the rl-step benchmark runs on cpu or cuda")
+    report = run_rl_step_benchmark(dev, quick=quick, frames=counts, sp=sp)
+    print_report(report)
+    if json_path is not None:
+        write_json(report, json_path)
+        print(f"wrote {json_path}")

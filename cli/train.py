@@ -211,6 +211,9 @@ def rl(
     clip_low: Annotated[float | None, typer.Option(help="Lower clip range of the ratio (default: 0.2).")] = None,
     clip_high: Annotated[float | None, typer.Option(help="Upper clip range (clip-higher) (default: 0.28).")] = None,
     ppo_epochs: Annotated[int | None, typer.Option(help="Update epochs per batch of rollouts (default: 1).")] = None,
+    micro_batch_size: Annotated[
+        int | None, typer.Option(help="Sequences per forward/backward (default: the whole mini-batch).")
+    ] = None,
     agg_mode: Annotated[
         str | None, typer.Option(help="token-mean, seq-mean-token-mean or seq-mean-token-sum (default: token-mean).")
     ] = None,
@@ -243,5 +246,6 @@ def rl(
         "algo.kl_coef": kl_coef, "algo.kl_estimator": kl_estimator, "algo.clip_low": clip_low,
         "algo.clip_high": clip_high, "algo.ppo_epochs": ppo_epochs, "algo.agg_mode": agg_mode,
         "algo.dynamic_sampling": dynamic_sampling, "reward.custom": reward,
+        "algo.micro_batch_size": micro_batch_size,
     }  # fmt: skip
     launch(build_config(RLConfig, config, set_, flags), "rl")

@@ -234,6 +234,8 @@ class AlgoConfig:
     clip_low / clip_high: ratio clipped to [1 - clip_low, 1 + clip_high] (clip-higher); dual_clip: lower bound
     c of the dual clip for negative advantages (None = off). kl_coef: weight of the KL loss term (0 = no
     reference model). mini_batch_size: sequences per optimizer step within a PPO epoch (None = whole batch).
+    micro_batch_size: sequences per forward/backward inside a mini-batch (None = the whole mini-batch; long
+    videos want 1: the gradient is the same, only peak memory changes).
     dynamic_sampling: drop groups with zero reward variance and draw more prompts, up to max_refill_rounds.
     tis: truncated importance sampling with the engine's logprobs ("auto" = when the engine is not "hf"),
     weights capped at tis_cap.
@@ -248,6 +250,7 @@ class AlgoConfig:
     agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
     ppo_epochs: int = 1
     mini_batch_size: int | None = None
+    micro_batch_size: int | None = None
     dynamic_sampling: bool = False
     max_refill_rounds: int = 3
     tis: Literal["auto", "on", "off"] = "auto"
@@ -273,6 +276,8 @@ class AlgoConfig:
         _check_int("algo.ppo_epochs", self.ppo_epochs, 1)
         if self.mini_batch_size is not None:
             _check_int("algo.mini_batch_size", self.mini_batch_size, 1)
+        if self.micro_batch_size is not None:
+            _check_int("algo.micro_batch_size", self.micro_batch_size, 1)
         _check_int("algo.max_refill_rounds", self.max_refill_rounds, 0)
         _check_choice("algo.tis", self.tis, ("auto", "on", "off"))
         _check_number("algo.tis_cap", self.tis_cap, low=1.0)
