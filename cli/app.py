@@ -24,6 +24,9 @@ def _register() -> None:
     from longrl.cli import bench, doctor, models, video
 
     doctor.register(app)
+    from longrl.cli import demo as demo_cli
+
+    demo_cli.register(app)
     from longrl.cli import eval as eval_cli
 
     eval_cli.register(app)

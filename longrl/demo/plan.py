@@ -1,0 +1,69 @@
+"""The sizes of `longrl demo`: how much data, how many steps, for the full run and for `--quick`.
+
+The numbers were chosen on the 2-core CPU machines this project is developed on so that the full demo
+finishes in about ten minutes and `--quick` in about two (docs/benchmarks.md has the measured times), and
+so that on the full demo the accuracy after CoT-SFT is clearly above chance and after GRPO clearly above
+after SFT (README: figures for three seeds). `--quick` only proves that every stage runs end to end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Everything the demo's stages take. Frames: sampled per video (the videos have `video_frames` frames
+    at `video_fps`, so every question needs information spread over tens of seconds)."""
+
+    name: str
+    # data (three disjoint sets of videos: SFT, the RL pool, held-out eval)
+    sft_videos: int
+    rl_videos: int
+    eval_videos: int
+    questions_per_video: int = 4
+    video_frames: int = 256
+    video_fps: int = 8
+    frames: int = 32
+    # CoT-SFT
+    sft_steps: int = 200
+    sft_batch: int = 16
+    sft_lr: float = 3e-3
+    # generate-data's filter stage on the RL pool, with the SFT model
+    filter_samples: int = 4
+    # GRPO with MR-SP over `nproc` local processes (sp = nproc)
+    rl_steps: int = 16
+    rl_batch: int = 8
+    rl_group: int = 8
+    rl_lr: float = 5e-4
+    rl_temperature: float = 1.0
+    max_new_tokens: int = 96  # the longest synthetic chain of thought (goal) is ~80 tokens
+    nproc: int = 2
+    # minutes the plan is meant to take on 2 CPU cores (printed next to the measured time)
+    target_minutes: float = 10.0
+
+    @property
+    def eval_questions(self) -> int:
+        return self.eval_videos * self.questions_per_video
+
+
+FULL = DemoPlan(name="full", sft_videos=300, rl_videos=100, eval_videos=100)
+QUICK = replace(
+    FULL,
+    name="quick",
+    sft_videos=24,
+    rl_videos=8,
+    eval_videos=8,
+    frames=16,
+    sft_steps=12,
+    sft_batch=8,
+    filter_samples=2,
+    rl_steps=2,
+    rl_batch=4,
+    rl_group=4,
+    target_minutes=2.0,
+)
+
+
+def plan_for(quick: bool) -> DemoPlan:
+    return QUICK if quick else FULL

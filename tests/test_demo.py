@@ -1,0 +1,50 @@
+"""`longrl demo --quick` end to end: every stage runs and writes what the README promises."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import run_cli
+
+from longrl.demo.plan import FULL, QUICK
+from longrl.demo.run import check_out_dir
+from longrl.errors import ConfigError
+
+
+def test_plans_are_consistent():
+    for plan in (FULL, QUICK):
+        assert plan.rl_group >= 2  # GRPO's advantages need groups
+        assert plan.frames % 2 == 0 and plan.frames <= plan.video_frames
+    assert FULL.eval_questions >= 300  # "a few hundred held-out questions" for the CI claim
+
+
+def test_a_foreign_folder_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not written by `longrl demo`"):
+        check_out_dir(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--quick", "--out", str(out), cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["complete"] and summary["plan"] == "quick"
+    for key in ("after_sft", "after_rl"):
+        assert summary[key]["n"] == QUICK.eval_questions
+        assert 0.0 <= summary[key]["accuracy"] <= 1.0
+    assert (out / "model" / "config.json").is_file()
+    assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rl_metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rl_metrics] == list(range(1, QUICK.rl_steps + 1))
+    assert "after GRPO" in result.stdout and "chance" in result.stdout
+    # A second run finds everything done and reprints the same table.
+    again = run_cli("demo", "--quick", "--out", str(out), cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "demo.json").read_text())["after_rl"] == summary["after_rl"]
+    # A different plan in the same folder is refused in one line.
+    other = run_cli("demo", "--out", str(out), cwd=tmp_path, timeout=120)
+    assert other.returncode == 2 and "same --quick/--seed" in other.stderr
