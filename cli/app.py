@@ -56,8 +56,30 @@ def main() -> None:
     try:
         app()
     except LongRLError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _report(str(err))
         sys.exit(2)
+
+
+def _report(message: str) -> None:
+    """Print the one-line error, or, inside workers `longrl ... --nproc N` started, hand it to the launcher,
+    which prints each distinct message once (N workers often meet the same mistake)."""
+    import os
+
+    from longrl.cli.launch import ERROR_FILE_ENV
+
+    path = os.environ.get(ERROR_FILE_ENV)
+    if path:
+        try:
+            # One small O_APPEND write per message: lines from several workers do not interleave.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (" ".join(message.split()) + "\n").encode())
+            finally:
+                os.close(fd)
+            return
+        except OSError:
+            pass
+    print(f"error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,24 @@
-"""Start a command on N local processes (or many nodes) by re-running it under torchrun.
+"""Start a command on N local processes (or many nodes) by re-running it in N workers.
 
-`longrl train rl --nproc 4 --sp 4 ...` re-executes itself as
-`python -m torch.distributed.run --nproc-per-node 4 ... -m longrl.cli.app train rl --nproc 4 --sp 4 ...`;
-inside torchrun the same command sees the torchrun environment and runs in-process instead. A command that
-is already running under an outer torchrun (or any launcher that sets the torchrun variables) never
-re-launches, so `torchrun --nproc-per-node 4 -m longrl.cli.app train rl --sp 4` works too.
+`longrl train rl --nproc 4 --sp 4 ...` re-executes itself 4 times with the torchrun environment (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); each worker sees that environment and runs in-process. On one node
+the workers are started here (`spawn_local`), so a user mistake a worker finds (no usable rows, a foreign run
+folder, ...) comes back as one `error:` line and exit code 2, like any other command, instead of torchrun's
+traceback. Several nodes go through torchrun's c10d rendezvous (`--nnodes`, `--rdzv-endpoint`). A command that
+already runs under an outer torchrun (or any launcher that sets those variables) never re-launches, so
+`torchrun --nproc-per-node 4 -m longrl.cli.app train rl --sp 4` works too.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from longrl.errors import ConfigError
 
@@ -48,12 +54,15 @@ def relaunch_under_torchrun(nproc: int, extra_args: Sequence[str] = ("--standalo
     """Re-run this command under torchrun with `nproc` processes per node and return its exit code.
 
     Returns None (the caller goes on in-process) when nproc is 1 or this process is already a torchrun
-    worker. extra_args: torchrun flags (see `torchrun_args`).
+    worker. extra_args: torchrun flags (see `torchrun_args`); `--standalone` (one node) starts the workers
+    here with `spawn_local`.
     """
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     if under_torchrun() or nproc == 1:
         return None
+    if list(extra_args) == ["--standalone"]:
+        return spawn_local(nproc)
     cmd = [
         sys.executable,
         "-m",
@@ -74,3 +83,67 @@ def relaunch_under_torchrun(nproc: int, extra_args: Sequence[str] = ("--standalo
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 130
+
+
+# A worker that meets a user mistake writes the message here (cli/app.py main) instead of printing it, so the
+# launcher can print each distinct message once.
+ERROR_FILE_ENV = "LONGRL_WORKER_ERRORS"
+
+
+def _worker_env(rank: int, nproc: int, port: int, errors: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
+        GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{ERROR_FILE_ENV: str(errors)},
+    )  # fmt: skip
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return env
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """SIGTERM the workers still running, then SIGKILL the ones that outlive the grace period."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def spawn_local(nproc: int) -> int:
+    """Run this command in `nproc` local workers and return the exit code to use.
+
+    When a worker fails the others are stopped (they would wait forever in a collective). The code is 2 when
+    any worker exited 2 (a user mistake: its message is printed once), else the first failure's code, else 0.
+    """
+    from longrl.parallel.launch import free_port
+
+    cmd = [sys.executable, "-m", "longrl.cli.app", *sys.argv[1:]]
+    with tempfile.TemporaryDirectory(prefix="longrl-launch-") as tmp:
+        errors = Path(tmp) / "errors.txt"
+        port = free_port()
+        procs = [subprocess.Popen(cmd, env=_worker_env(r, nproc, port, errors)) for r in range(nproc)]
+        codes: list[int | None] = [None] * nproc
+        try:
+            while any(c is None for c in codes):
+                for i, p in enumerate(procs):
+                    if codes[i] is None:
+                        codes[i] = p.poll()
+                if any(c not in (None, 0) for c in codes):
+                    _stop(procs)
+                    codes = [p.wait() for p in procs]
+                    break
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            _stop(procs)
+            return 130
+        messages = errors.read_text().splitlines() if errors.is_file() else []
+    for message in dict.fromkeys(m for m in messages if m.strip()):
+        print(f"error: {message}", file=sys.stderr)
+    if any(c == 2 for c in codes):
+        return 2
+    return next((c for c in codes if c), 0)
