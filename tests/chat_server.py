@@ -18,6 +18,7 @@ The script says what each request gets, in arrival order: a list of actions (a p
   ({"error": {"message": ...}}) and an optional Retry-After header (seconds).
 - `Sleep(seconds, then=Reply("late"))`: wait (longer than the client's timeout, say), then answer `then`.
 - `Drop()`: close the connection without answering.
+- `Redirect(location, status=302)`: a redirect status (301/302/303/307/308) with that `Location` header.
 
 A list that runs out answers `Status(400, "chat_server: no scripted response left for request N")`, so a
 client that sends too many requests fails loudly instead of hanging. Every request is recorded, in arrival
@@ -77,7 +78,15 @@ class Drop:
     """Close the connection without sending anything."""
 
 
-Action = Reply | Raw | Status | Sleep | Drop | str
+@dataclass(frozen=True)
+class Redirect:
+    """A redirect: `status` (301, 302, 303, 307 or 308) with a `Location: location` header."""
+
+    location: str
+    status: int = 302
+
+
+Action = Reply | Raw | Status | Sleep | Drop | Redirect | str
 
 
 @dataclass
@@ -265,6 +274,8 @@ def _make_handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
             elif isinstance(action, Raw):
                 body = action.body.encode() if isinstance(action.body, str) else action.body
                 self._send_bytes(action.status, body, action.content_type, {})
+            elif isinstance(action, Redirect):
+                self._send_bytes(action.status, b"", "text/plain", {"Location": action.location})
             else:
                 raise TypeError(f"chat_server: unknown action {action!r}")
 

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from chat_server import ChatServer, Drop, Raw, Reply, Sleep, Status
+from chat_server import ChatServer, Drop, Raw, Redirect, Reply, Sleep, Status
 from PIL import Image
 
 from longrl.errors import ConfigError, LongRLError
@@ -125,6 +125,21 @@ def test_api_key_sent_as_header_and_never_shown(monkeypatch, caplog):
     for text in shown:
         assert SECRET not in text
     assert "\n" not in str(failed.value) and "\n" not in str(rejected.value)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirect_is_refused_and_the_key_never_reaches_the_other_host(monkeypatch, status):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with ChatServer(["stolen"]) as elsewhere:
+        target = elsewhere.url.replace("127.0.0.1", "localhost") + "/chat/completions"
+        with ChatServer([Redirect(target, status=status), "not reached"]) as server:
+            with pytest.raises(BackendRequestError) as refused:
+                backend_for(server, api_key_env=KEY_ENV, retries=3).chat(HELLO, max_tokens=4)
+    assert elsewhere.requests == []  # the key (and the request) never left for the Location's host
+    assert len(server.requests) == 1  # refused at once, not retried
+    message = str(refused.value)
+    assert f"HTTP {status}" in message and "redirect" in message and "localhost" in message
+    assert "\n" not in message and SECRET not in message
 
 
 def test_missing_or_empty_api_key_variable_is_a_config_error(monkeypatch):

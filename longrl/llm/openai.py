@@ -7,6 +7,8 @@ connection errors are retried up to `retries` times with exponential backoff and
 (`backoff_s * 2**attempt`, capped at `max_backoff_s`, times a random factor in [0.5, 1]); a `Retry-After`
 header, when the server sends one, sets the wait instead (capped at `max_backoff_s`). Any other 4xx, and a
 success status whose body is not a chat completion, fail at once: retrying would get the same answer.
+Redirects (3xx) are refused, not followed, and fail at once naming the status and the Location's host:
+following one would re-send the request, API key included, to whatever host the Location names.
 
 Secrets: the API key is read from the environment variable named by `api_key_env` when the backend is
 built, sent only as the `Authorization: Bearer` header, and never appears in logs, errors or repr (a server
@@ -46,6 +48,22 @@ class _Retryable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.wait_s = wait_s
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follows a redirect: urllib would re-send the request, with the Authorization header, to the
+    Location's host. Returning None makes the 3xx surface as an HTTPError, handled in `_attempt`."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        return None
 
 
 class _Secret:
@@ -112,7 +130,9 @@ class OpenAIChatBackend:
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         # A server on this machine is never reached through an HTTP proxy from the environment.
-        handlers = [urllib.request.ProxyHandler({})] if parsed.hostname in _LOOPBACK_HOSTS else []
+        handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
+        if parsed.hostname in _LOOPBACK_HOSTS:
+            handlers.append(urllib.request.ProxyHandler({}))
         self._opener = urllib.request.build_opener(*handlers)
         self._rng = random.Random()
         self._closed = False
@@ -184,6 +204,10 @@ class OpenAIChatBackend:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as error:
             status, raw = error.code, _read_quietly(error)
+            if 300 <= status < 400:
+                raise BackendRequestError(
+                    self._redirect_refused(status, error.headers.get("Location"))
+                ) from None
             reason = f"HTTP {status}: {self._server_message(raw) or error.reason}"
             if status >= 500 or status in RETRYABLE_CLIENT_STATUSES:
                 raise _Retryable(reason, _retry_after_s(error.headers.get("Retry-After"))) from None
@@ -193,6 +217,21 @@ class OpenAIChatBackend:
         except (OSError, http.client.HTTPException) as error:  # timeout while reading, connection dropped
             raise _Retryable(_describe_os_error(error, self.timeout_s)) from None
         return self._reply_text(status, raw)
+
+    def _redirect_refused(self, status: int, location: str | None) -> str:
+        """One line naming the redirect's status and the Location's host (only the host: a URL can hold
+        credentials or tokens)."""
+        try:
+            host = (
+                urllib.parse.urlsplit(urllib.parse.urljoin(self.url, location)).hostname if location else None
+            )
+        except ValueError:  # a malformed Location (e.g. a broken IPv6 literal)
+            host = None
+        target = f"host {self._mask(_one_line(host))!r}" if host else "an unreadable or missing Location"
+        return (
+            f"{self.name}: {self.url} answered HTTP {status}, a redirect to {target}; redirects are not "
+            "followed (the request carries the API key): set --base-url to the final URL"
+        )
 
     def _reply_text(self, status: int, raw: bytes) -> str:
         try:

@@ -24,6 +24,19 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def _with_cpu_defaults(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """On CPU vLLM reserves 92% of host RAM for its KV cache unless told otherwise (and refuses to start on a
+    shared machine): use the rollout engine's fixed CPU default unless the caller chose."""
+    import torch
+
+    from longrl.rollout.vllm import CPU_KV_CACHE_BYTES
+
+    out = dict(options or {})
+    if not torch.cuda.is_available():
+        out.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+    return out
+
+
 class VLLMChatBackend:
     """Chat through `vllm.LLM(model, **options).chat`. A lock serializes calls (one engine, one caller)."""
 
@@ -35,7 +48,7 @@ class VLLMChatBackend:
         self._vllm = vllm
         self.name = f"vllm:{Path(str(model)).name}"
         try:
-            self.llm = vllm.LLM(model=str(model), **dict(options or {}))
+            self.llm = vllm.LLM(model=str(model), **_with_cpu_defaults(options))
         except (OSError, ValueError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise BackendConfigError(f"vLLM cannot load {model}: {reason}") from error

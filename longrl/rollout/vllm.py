@@ -9,10 +9,10 @@ What it hands vLLM, per prompt: the prompt's token ids with each video's run of 
 `<|video_pad|>` (vLLM expands it again from the grid; the engine checks that the expanded ids are exactly
 the HF engine's) and `multi_modal_data={"video": {"video_embeds", "video_grid_thw", "second_per_grid_ts"}}`
 (`enable_mm_embeds`), so the vision tower never runs and vLLM computes the 3-D mrope positions itself
-(temporal index * second_per_grid_t * tokens_per_second, floored, as transformers). Caveat: after a video,
-vLLM resumes the text at the video's largest position + 1 (Qwen2.5-VL's original rule) while transformers
-5.x, and so `adapter.build_inputs`, resumes at its start + max(h, w) / merge. The two agree while the
-video's temporal span fits in its spatial span and differ on long videos (tests/vllm_engine, docs/vllm.md).
+(temporal index * second_per_grid_t * tokens_per_second, floored). Its rule is the one
+`adapter.build_inputs` uses (`longrl.models.qwen2_5_vl.mrope_positions`, Qwen2.5-VL's own: text after a
+video resumes at the video's largest position + 1), so positions agree with the trainer's for videos of any
+length (test_long_video_positions_match_trainer in tests/vllm_engine).
 
 Logprobs (the contract of `longrl.rollout.base`): the engine builds vLLM with
 `logprobs_mode="processed_logprobs"`, i.e. the log-softmax of the logits vLLM samples from. Without top-k /

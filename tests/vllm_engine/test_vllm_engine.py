@@ -6,8 +6,8 @@ Runs in the vLLM venv of `.ci/vllm_stage`; skipped where vLLM is not installed. 
 References and tolerances (fp32 on CPU; vLLM's CPU attention and GEMMs are other kernels than torch's, the
 observed differences are ~1e-6):
 - Logprobs: every sampled token's logprob vs the trainer's recomputation: `adapter.build_inputs` over
-  [prompt | response] (the same cached video embeddings, 3-D positions from get_rope_index over the whole
-  sequence), `adapter.forward`, `longrl.ops.token_logprobs(temperature=params.logprob_temperature)`;
+  [prompt | response] (the same cached video embeddings, Qwen2.5-VL's 3-D positions over the whole
+  sequence: `mrope_positions`), `adapter.forward`, `longrl.ops.token_logprobs(temperature=params.logprob_temperature)`;
   atol 1e-5.
 - Greedy: tokens exactly equal to `HFEngine`'s greedy tokens (same stop ids, same finish reasons, same text).
 - Weight update: after perturbing the trainer's weights and `update_weights`, vLLM's logprobs match the
@@ -15,8 +15,8 @@ observed differences are ~1e-6):
   the old samples exactly (so no cache computed with other weights is reused).
 - Top-k: vLLM's logprobs are those of the truncated distribution: the trainer's logprob minus the log of the
   kept mass (atol 1e-5), as the engine documents.
-Videos have second_per_grid_ts 1.0, 0.5 and 2.0, with grids whose temporal span stays within their spatial
-span, where transformers' and vLLM's position rules agree (see test_long_video_positions_match_trainer).
+Videos have second_per_grid_ts 1.0, 0.5 and 2.0; test_long_video_positions_match_trainer adds a video whose
+temporal span runs far past its spatial one.
 """
 
 from __future__ import annotations

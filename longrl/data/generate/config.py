@@ -117,7 +117,15 @@ class GenerateConfig:
             "segment": {"clip_seconds": self.clip_seconds},
             "caption": {"caption_frames": self.caption_frames},
             "questions": {"categories": list(self.categories), "per_video": self.per_video},
-            "filter": {"filter_samples": self.filter_samples, "filter_frames": self.filter_frames},
+            # Every knob a question's k samples depend on (its seed is derived from --seed and its id).
+            "filter": {
+                "filter_model": None if self.filter_model is None else str(Path(self.filter_model).resolve()),
+                "filter_samples": self.filter_samples,
+                "filter_frames": self.filter_frames,
+                "filter_temperature": self.filter_temperature,
+                "filter_max_tokens": self.filter_max_tokens,
+                "seed": self.seed,
+            },
             "synthetic": {
                 "synthetic_videos": self.synthetic_videos,
                 "per_video": self.per_video,
@@ -140,6 +148,9 @@ FLAG = {
     "per_video": "--per-video",
     "filter_samples": "--filter-samples",
     "filter_frames": "--filter-frames",
+    "filter_model": "--filter-model",
+    "filter_temperature": "--filter-temperature",
+    "filter_max_tokens": "--filter-max-tokens",
     "synthetic_videos": "--synthetic-videos",
     "seed": "--seed",
     "synthetic_frames": "--synthetic-frames",

@@ -1,0 +1,36 @@
+"""The `vllm` chat backend for real: greedy text on the tiny model equals the `hf` backend's (same chat
+template, same weights, fp32).
+
+Runs in the vLLM venv of `.ci/vllm_stage` (vLLM in this process: VLLM_ENABLE_V1_MULTIPROCESSING=0, set by
+conftest.py); skipped where vLLM is not installed. The error without vLLM is tested in tests/test_llm_vllm.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import longrl.models as M
+from longrl.llm import make_backend, user_message
+from longrl.rollout.vllm import CPU_KV_CACHE_BYTES
+
+pytest.importorskip("vllm", reason="vLLM is not installed (the vLLM CI stage runs these tests)")
+
+
+# A fixed KV cache: on CPU vLLM's default reserves 92% of host RAM, more than a shared CI machine has free
+# (the chat backend, unlike the rollout engine, passes its options to vllm.LLM unchanged).
+VLLM_OPTIONS = {"dtype": "float32", "max_model_len": 2048, "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+
+
+def test_vllm_greedy_text_matches_hf_backend(tmp_path):
+    folder = M.make_tiny(tmp_path / "tiny")
+    messages = [user_message("Question: What happens first?")]
+    hf = make_backend("hf", model=str(folder))
+    try:
+        expected = hf.chat(messages, max_tokens=8)
+    finally:
+        hf.close()
+    backend = make_backend("vllm", model=str(folder), vllm_options=VLLM_OPTIONS)
+    try:
+        assert backend.chat(messages, max_tokens=8) == expected
+    finally:
+        backend.close()
