@@ -55,7 +55,9 @@ def generate_data(
     synthetic_frames: Annotated[int, typer.Option(help="Synthetic source: frames per video.")] = 256,
     synthetic_fps: Annotated[int, typer.Option(help="Synthetic source: frame rate.")] = 8,
     synthetic_size: Annotated[int, typer.Option(help="Synthetic source: frame side in pixels (multiple of 4).")] = 56,
-    synthetic_objects: Annotated[int, typer.Option(help="Synthetic source: coloured objects per video.")] = 4,
+    synthetic_objects: Annotated[
+        int | None, typer.Option(help="Synthetic source: coloured objects per video (default: 3).")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:  # fmt: skip
     """Generate reasoning QA data from long videos: scan, segment, caption, questions, refine, filter, split.

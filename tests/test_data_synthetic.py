@@ -32,6 +32,7 @@ from longrl.data.synthetic import (
     render_frames,
     sample_timeline,
     timeline_for,
+    with_options,
 )
 from longrl.errors import ConfigError, DataError
 from longrl.video import SamplingConfig, load_video
@@ -88,6 +89,14 @@ def answer_from_frames(question: str, seen: list[dict], size: int) -> str:
         assert len(frames) == 1, f"the reference object {colour} appears {len(frames)} times"
         return frames[0]
 
+    if question == "Which object appeared first?":
+        return events[0][1]
+    if m := re.fullmatch(r"Where did the (\w+) object appear\?", question):
+        centre = seen[appear_frame(m[1])][m[1]]
+        assert at_rest(centre, size), f"{m[1]} is between regions when it appears"
+        return REGIONS[region_of(centre, size)]
+    if m := re.fullmatch(r"How many times did the (\w+) object appear\?", question):
+        return str(sum(c == m[1] for _, c in events))
     if m := re.fullmatch(r"Which object appeared right after the (\w+) object appeared\?", question):
         k = appear_frame(m[1])
         return next(c for f, c in events if f > k)
@@ -133,8 +142,21 @@ def split_problem(problem: str) -> tuple[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory):
-    """8 videos x 4 questions at the default format (256 frames, 8 fps, 56x56)."""
+    """8 videos x 4 questions at the default format (256 frames, 8 fps, 56x56, lookup questions)."""
     return generate_synthetic(tmp_path_factory.mktemp("syn"), num_videos=8, questions_per_video=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_multihop(tmp_path_factory: pytest.TempPathFactory):
+    """8 videos x 4 multihop questions, answers at dealt slots (the harder task)."""
+    return generate_synthetic(
+        tmp_path_factory.mktemp("syn_mh"),
+        num_videos=8,
+        questions_per_video=4,
+        seed=3,
+        questions="multihop",
+        canonical_options=False,
+    )
 
 
 def _video_index(row: dict) -> int:
@@ -145,10 +167,13 @@ def _video_index(row: dict) -> int:
 # Answers against the decoded video
 
 
+@pytest.mark.parametrize("style", ["lookup", "multihop"])
 @pytest.mark.parametrize("num_sampled", [256, 32, 16])
-def test_answers_match_decoded_frames(small, num_sampled: int) -> None:
+def test_answers_match_decoded_frames(request, style: str, num_sampled: int) -> None:
     """Every answer, recomputed from decoded frames (all, or as a model samples them), is the marked option."""
+    small = request.getfixturevalue("small" if style == "lookup" else "small_multihop")
     config = small.timelines[0].config
+    assert config.questions == style
     by_video: dict[int, list[dict]] = {}
     for row in small.rows:
         by_video.setdefault(_video_index(row), []).append(row)
@@ -168,7 +193,8 @@ def test_answers_match_decoded_frames(small, num_sampled: int) -> None:
             assert options[LETTERS.index(letter)] == expected, (row["problem_id"], num_sampled)
             assert row["reasoning"].endswith(f"So the answer is {expected}.")
             checked[row["problem_type"]] += 1
-    assert checked == Counter({c: 8 for c in CATEGORIES})
+    assert checked == Counter(small.counts) and checked.total() == 32
+    assert min(checked.values()) >= 6  # a video that cannot ask its category's question asks another
 
 
 def test_rendered_frames_follow_the_timeline(small) -> None:
@@ -210,12 +236,12 @@ def test_frames_fit_the_tiny_model_token_grid() -> None:
 
 
 def test_hand_built_timeline_questions() -> None:
-    """Every candidate question of a hand-built timeline, with answers worked out by hand."""
+    """Every candidate multihop question of a hand-built timeline, with answers worked out by hand."""
     e = Episode
     timeline = Timeline(
         index=0,
         seed=0,
-        config=TaskConfig(),
+        config=TaskConfig(questions="multihop"),
         colours=("blue", "green", "red", "yellow"),
         episodes=(
             e("red", 2.0, 8.0, 0),
@@ -252,7 +278,7 @@ def test_hand_built_timeline_questions() -> None:
     close = Timeline(
         index=0,
         seed=0,
-        config=TaskConfig(),
+        config=TaskConfig(questions="multihop"),
         colours=("blue", "red"),
         episodes=(e("red", 2.0, 14.0, 0, 7.0, 9.0, 1), e("blue", 6.0, 14.0, 2)),
     )
@@ -262,6 +288,65 @@ def test_hand_built_timeline_questions() -> None:
         "The yellow object appears at 17.0s. Before that, the red object appears at 2.0s and 12.0s. "
         "So the answer is 2."
     )
+
+
+def test_hand_built_lookup_questions() -> None:
+    """Every lookup question of a hand-built timeline, answers and canonical letters worked out by hand."""
+    e = Episode
+    timeline = Timeline(
+        index=0,
+        seed=0,
+        config=TaskConfig(),  # lookup: red, green, blue, yellow; options in fixed order
+        colours=("blue", "green", "red"),
+        episodes=(
+            e("red", 2.0, 8.0, 0),
+            e("green", 5.0, 16.0, 1, move_start_s=8.0, move_end_s=10.0, to_region=3),
+            e("blue", 9.0, 14.0, 2),
+            e("red", 12.0, 20.0, 0),
+        ),
+    )
+    got = {cat: {c.question: c.answer for c in candidates(timeline, cat)} for cat in CATEGORIES}
+    assert got == {
+        "temporal": {"Which object appeared first?": "red"},
+        "goal": {"Where is the moving green object heading?": "bottom-right"},
+        # red appears twice and green moves: only blue has one place where it appeared.
+        "spatial": {"Where did the blue object appear?": "bottom-left"},
+        "plot": {
+            f"How many times did the {c} object appear?": n
+            for c, n in zip(("red", "green", "blue", "yellow"), "2110", strict=True)
+        },
+    }
+    reasoning = {c.key: c.reasoning for cat in CATEGORIES for c in candidates(timeline, cat)}
+    assert (
+        reasoning[("temporal", "first")]
+        == "The first object is the red object at 2.0s. So the answer is red."
+    )
+    assert reasoning[("goal", "green")] == (
+        "The green object moves from the top-right at 8.0s to the bottom-right at 10.0s. "
+        "So the answer is bottom-right."
+    )
+    assert reasoning[("spatial", "blue")] == (
+        "The blue object appears in the bottom-left at 9.0s. So the answer is bottom-left."
+    )
+    assert reasoning[("plot", "red")] == "The red object appears at 2.0s and 12.0s. So the answer is 2."
+    assert reasoning[("plot", "yellow")] == (
+        "The yellow object does not appear from 0.0s to 32.0s. So the answer is 0."
+    )
+    rng = np.random.default_rng(0)
+    letters = {
+        c.key: LETTERS[with_options(c, 3, rng, canonical=True).answer_index]
+        for cat in CATEGORIES
+        for c in candidates(timeline, cat)
+    }  # slot 3 (D) is ignored: the letter follows from the answer text
+    assert letters == {
+        ("temporal", "first"): "A",
+        ("goal", "green"): "D",
+        ("spatial", "blue"): "C",
+        ("plot", "red"): "C",
+        ("plot", "green"): "B",
+        ("plot", "blue"): "B",
+        ("plot", "yellow"): "A",
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -344,8 +429,8 @@ def test_rerun_reuses_and_never_duplicates(small, tmp_path: Path) -> None:
 
 
 def test_options_distinct_and_letters_balanced() -> None:
-    """Over 1000 questions: four distinct options, answer letters exactly balanced, counts spread out."""
-    config = TaskConfig()
+    """Multihop, dealt slots, over 1000 questions: distinct options, letters exactly balanced, counts spread."""
+    config = TaskConfig(questions="multihop", canonical_options=False)
     letters, plot_answers, number = Counter(), Counter(), 0
     for index in range(250):
         tl = timeline_for(index, seed=0, config=config)
@@ -370,12 +455,36 @@ def test_options_distinct_and_letters_balanced() -> None:
     assert min(plot_answers[str(n)] for n in range(3)) >= 70  # "0" is no shortcut
 
 
+def test_canonical_options_fixed_order() -> None:
+    """Lookup, canonical options, over 1000 questions: one fixed order per category; letters near balanced."""
+    config = TaskConfig()
+    fixed = {
+        "temporal": ("red", "green", "blue", "yellow"),
+        "goal": REGIONS,
+        "spatial": REGIONS,
+        "plot": ("0", "1", "2", "3"),
+    }
+    letters, number = {cat: Counter() for cat in CATEGORIES}, 0
+    for index in range(250):
+        tl = timeline_for(index, seed=0, config=config)
+        qs = questions_for(tl, CATEGORIES, 4, number)
+        assert len(qs) == 4
+        for q in qs:
+            assert q.options == fixed[q.category]
+            letters[q.category][LETTERS[q.answer_index]] += 1
+        number += len(qs)
+    # Each category gets its turn (a video that cannot ask one asks another, rarely); plot counts are dealt
+    # 0, 1, 2, 3 in turn (3 is the hardest to supply); the rest follow the random timelines.
+    assert all(sum(letters[cat].values()) >= 240 for cat in CATEGORIES), letters
+    for cat in CATEGORIES:
+        assert min(letters[cat][x] for x in "ABCD") >= 40, (cat, letters[cat])
+
+
 def test_rows_load_with_no_bad_rows(small) -> None:
     examples, report = load_examples(small.rows_path, small.out_dir, on_bad_row="fail")
     assert report.kept == report.total == 32 and not report.skipped
-    assert (
-        Counter(e.category for e in examples) == Counter({c: 8 for c in CATEGORIES}) == Counter(small.counts)
-    )
+    assert Counter(e.category for e in examples) == Counter(small.counts)
+    assert set(small.counts) == set(CATEGORIES) and min(small.counts.values()) >= 6
     for example, row in zip(examples, small.rows, strict=True):
         assert set(row) == {
             "problem_id",
@@ -410,6 +519,12 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         generate_synthetic(tmp_path, num_videos=0)
     with pytest.raises(ConfigError, match="colours"):
         TaskConfig(colours=("red", "green", "blue", "pink", "white"))
+    with pytest.raises(ConfigError, match="questions must be one of lookup, multihop"):
+        TaskConfig(questions="riddles")
+    with pytest.raises(ConfigError, match="at least 5 for multihop"):
+        TaskConfig(questions="multihop", colours=("red", "green", "blue", "yellow"))
+    with pytest.raises(ConfigError, match="at least 4"):
+        TaskConfig(colours=("red", "green", "blue"), objects_per_video=2)
     # Someone else's rows file in the folder is never overwritten.
     (tmp_path / "synthetic.jsonl").write_text('{"mine": 1}\n')
     with pytest.raises(DataError, match="not written by the synthetic generator"):

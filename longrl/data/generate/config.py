@@ -83,7 +83,7 @@ class GenerateConfig:
     synthetic_frames: int = 256
     synthetic_fps: int = 8
     synthetic_size: int = 56
-    synthetic_objects: int = 4
+    synthetic_objects: int | None = None  # None: the task's default for its question style (3 for lookup)
 
     @property
     def all_stages(self) -> tuple[str, ...]:

@@ -92,6 +92,8 @@ def task_config(**knobs: Any) -> TaskConfig:
 # Plot answers cycle through these counts (over the dataset's plot questions) so that "0", the count a
 # timeline supports most often, is not a shortcut; a video that cannot supply its count asks another one.
 PLOT_COUNT_CYCLE = (0, 1, 2)
+# Lookup counts are over the whole video: 0 (a task colour not shown) to 3.
+LOOKUP_COUNT_CYCLE = (0, 1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -107,17 +109,18 @@ class _Slot:
         )
 
 
-def _slots(index: int, questions_per_video: int, categories: tuple[str, ...]) -> list[_Slot]:
+def _slots(
+    index: int, questions_per_video: int, categories: tuple[str, ...], config: TaskConfig
+) -> list[_Slot]:
     """The questions video `index` is due to ask: categories round robin over the whole dataset."""
+    cycle = LOOKUP_COUNT_CYCLE if config.questions == "lookup" else PLOT_COUNT_CYCLE
     out = []
     for j in range(questions_per_video):
         number = index * questions_per_video + j
         category = categories[number % len(categories)]
         # number // len(categories) counts this category's earlier slots in the dataset.
         turn = number // len(categories)
-        out.append(
-            _Slot(category, PLOT_COUNT_CYCLE[turn % len(PLOT_COUNT_CYCLE)] if category == "plot" else None)
-        )
+        out.append(_Slot(category, cycle[turn % len(cycle)] if category == "plot" else None))
     return out
 
 
@@ -150,7 +153,7 @@ def timeline_for(
     """
     config = config or TaskConfig()
     categories = check_categories(categories)
-    slots = _slots(index, questions_per_video, categories)
+    slots = _slots(index, questions_per_video, categories, config)
     best: tuple[int, Timeline] | None = None
     for attempt in range(MAX_ATTEMPTS):
         timeline = sample_timeline(config, seed, index, attempt)
@@ -176,7 +179,7 @@ def questions_for(
     rng = np.random.default_rng([timeline.seed, timeline.index, 0xC0FFEE])
     pools = {cat: candidates(timeline, cat) for cat in categories}
     out: list[Question] = []
-    for slot in _slots(timeline.index, questions_per_video, categories):
+    for slot in _slots(timeline.index, questions_per_video, categories, timeline.config):
         exact = [c for c in pools[slot.category] if slot.fits(c)]
         if exact:
             pool = exact
@@ -187,7 +190,8 @@ def questions_for(
             break
         chosen = pool[int(rng.integers(len(pool)))]
         pools[chosen.category] = [c for c in pools[chosen.category] if c.key != chosen.key]
-        out.append(with_options(chosen, answer_slot(timeline.seed, first_number + len(out)), rng))
+        slot = answer_slot(timeline.seed, first_number + len(out))
+        out.append(with_options(chosen, slot, rng, canonical=timeline.config.canonical_options))
     return out
 
 
@@ -243,7 +247,7 @@ def generate_synthetic(
     num_frames: int = 256,
     fps: int = 8,
     size: int = 56,
-    objects_per_video: int = 4,
+    objects_per_video: int | None = None,
     min_appearances: int = 4,
     max_appearances: int = 6,
     move_prob: float = 0.5,
@@ -254,9 +258,10 @@ def generate_synthetic(
     """Generate `num_videos` videos and `questions_per_video` questions each into `out_dir`.
 
     categories: which of temporal, goal, spatial, plot to ask (a list or "a,b"); questions cycle through
-    them so each gets an equal share. Difficulty knobs: objects_per_video (colours per video),
+    them so each gets an equal share. Difficulty knobs: objects_per_video (colours per video; None: the
+    TaskConfig default for the question style),
     min/max_appearances (episodes per video), move_prob; `timing` takes any other TaskConfig field
-    (min_gap_s, min_visible_s, ...). progress(done, total) is called after each video.
+    (min_gap_s, min_visible_s, questions, canonical_options, colours, ...). progress(done, total) is called after each video.
     Raises ConfigError for a bad argument, DataError for an output folder holding someone else's rows file.
     """
     started = time.perf_counter()

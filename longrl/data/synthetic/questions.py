@@ -1,6 +1,12 @@
 """Questions about a timeline in the paper's four categories, each with a short timestamped chain of thought.
 
-Every question needs facts from more than one moment of the video:
+Two styles (TaskConfig.questions). "lookup": each question asks one fact spread over the whole video, the
+kind a tiny model learns from a few hundred examples:
+    temporal  "Which object appeared first?"                                    -> a colour
+    goal      "Where is the moving green object heading?"                      -> the region it moves to
+    spatial   "Where did the blue object appear?"                              -> a region
+    plot      "How many times did the red object appear?"                      -> a count (0 to 3)
+"multihop": every question needs facts from more than one moment of the video:
     temporal  "Which object appeared right after the red object appeared?"     -> a colour
     goal      "Where is the moving green object heading?"                      -> the region it moves to
     spatial   "Where was the blue object when the yellow object appeared?"     -> a region
@@ -9,7 +15,8 @@ An object named as the reference moment ("when the yellow object appeared") appe
 video, so the moment is unique. Wording is fixed templates: a tiny model learns the task, not the phrasing.
 
 `candidates(timeline, category)` lists every question of a category the timeline supports, with the answer
-as text; `with_options` turns one into four options with the answer at a given slot.
+as text; `with_options` turns one into four options: in canonical order (TaskConfig.canonical_options), or
+with the answer at a given slot.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class Candidate:
     distractors: tuple[tuple[str, ...], ...]
     reasoning: str
     key: tuple  # what the question is about (for picking distinct questions of one video)
+    canonical: tuple[str, ...] = ()  # the fixed option order (all possible answers), when options use one
 
 
 @dataclass(frozen=True)
@@ -193,26 +201,121 @@ def plot_candidates(timeline: Timeline) -> list[Candidate]:
     return out
 
 
+def first_candidates(timeline: Timeline) -> list[Candidate]:
+    """Lookup temporal: which object appeared first (options: the first four task colours in order)."""
+    if not timeline.episodes:
+        return []
+    first = timeline.episodes[0]
+    colours = timeline.config.colours
+    reasoning = f"The first object is the {first.colour} object at {seconds(first.start_s)}. So the answer is {first.colour}."
+    seen, unseen = _other_colours(timeline, {first.colour})
+    return [
+        Candidate(
+            "temporal",
+            "Which object appeared first?",
+            first.colour,
+            (seen, unseen),
+            reasoning,
+            ("temporal", "first"),
+            canonical=colours,
+        )
+    ]
+
+
+def heading_candidates(timeline: Timeline) -> list[Candidate]:
+    """Lookup goal: where a once-moving object is heading, with a shorter chain of thought."""
+    out = []
+    for c in goal_candidates(timeline):
+        e = next(e for e in timeline.episodes_of(c.key[1]) if e.moves)
+        reasoning = (
+            f"The {e.colour} object moves from the {REGIONS[e.region]} at {seconds(e.move_start_s)} "
+            f"to the {c.answer} at {seconds(e.move_end_s)}. So the answer is {c.answer}."
+        )
+        out.append(Candidate(c.category, c.question, c.answer, c.distractors, reasoning, c.key, REGIONS))
+    return out
+
+
+def where_candidates(timeline: Timeline) -> list[Candidate]:
+    """Lookup spatial: where an object that appears once, and does not move, appeared."""
+    out = []
+    for e in _once(timeline):
+        if e.moves:
+            continue
+        where = REGIONS[e.region]
+        out.append(
+            Candidate(
+                "spatial",
+                f"Where did the {e.colour} object appear?",
+                where,
+                (tuple(r for r in REGIONS if r != where),),
+                f"The {e.colour} object appears in the {where} at {seconds(e.start_s)}. So the answer is {where}.",
+                ("spatial", e.colour),
+                REGIONS,
+            )
+        )
+    return out
+
+
+def count_candidates(timeline: Timeline) -> list[Candidate]:
+    """Lookup plot: how many times an object appeared in the whole video (0 for a task colour not shown)."""
+    out = []
+    for colour in timeline.config.colours:
+        starts = [e.start_s for e in timeline.episodes_of(colour)]
+        if starts:
+            times = [seconds(s) for s in starts]
+            listed = times[0] if len(times) == 1 else ", ".join(times[:-1]) + " and " + times[-1]
+            fact = f"The {colour} object appears at {listed}."
+        else:
+            end = seconds(timeline.duration_s)
+            fact = f"The {colour} object does not appear from {seconds(0.0)} to {end}."
+        out.append(
+            Candidate(
+                "plot",
+                f"How many times did the {colour} object appear?",
+                str(len(starts)),
+                (),
+                f"{fact} So the answer is {len(starts)}.",
+                ("plot", colour),
+            )
+        )
+    return out
+
+
 _BUILDERS = {
-    "temporal": temporal_candidates,
-    "goal": goal_candidates,
-    "spatial": spatial_candidates,
-    "plot": plot_candidates,
+    "multihop": {
+        "temporal": temporal_candidates,
+        "goal": goal_candidates,
+        "spatial": spatial_candidates,
+        "plot": plot_candidates,
+    },
+    "lookup": {
+        "temporal": first_candidates,
+        "goal": heading_candidates,
+        "spatial": where_candidates,
+        "plot": count_candidates,
+    },
 }
 
 
 def candidates(timeline: Timeline, category: str) -> list[Candidate]:
     """Every question of `category` (one of CATEGORIES) that `timeline` supports, in a fixed order."""
-    return _BUILDERS[category](timeline)
+    return _BUILDERS[timeline.config.questions][category](timeline)
 
 
-def with_options(candidate: Candidate, answer_slot: int, rng: np.random.Generator) -> Question:
+def with_options(
+    candidate: Candidate, answer_slot: int, rng: np.random.Generator, canonical: bool = False
+) -> Question:
     """Four distinct options: the answer at `answer_slot`, distractors drawn from the candidate's pool.
 
     Colours seen in the video are preferred as distractors (an unseen colour would be an easy give-away).
     For counts, three of the neighbouring values are drawn at random so the answer's place in the number
     range does not give it away.
+    canonical: options in a fixed order instead, ignoring `answer_slot`, so an answer always has the same
+    letter: counts are the four values from max(0, answer - 3) up, regions are REGIONS, colours the first four
+    of the candidate's canonical order (the answer swapped in for the last one if it is not among them).
     """
+    if canonical:
+        return _canonical_question(candidate)
     if candidate.category == "plot":
         wrong = _count_distractors(int(candidate.answer), rng)
     else:
@@ -232,3 +335,26 @@ def _count_distractors(count: int, rng: np.random.Generator) -> list[str]:
     low = max(0, count - int(rng.integers(0, NUM_OPTIONS)))
     values = [n for n in range(low, low + NUM_OPTIONS) if n != count]
     return [str(values[i]) for i in rng.permutation(len(values)).tolist()]
+
+
+def _canonical_question(candidate: Candidate) -> Question:
+    """The candidate with options in their fixed order (see `with_options`)."""
+    if candidate.category == "plot" and not candidate.canonical:
+        low = max(0, int(candidate.answer) - (NUM_OPTIONS - 1))
+        options = [str(n) for n in range(low, low + NUM_OPTIONS)]
+    else:
+        if not candidate.canonical:
+            raise ValueError(f"no canonical option order for {candidate.question!r}")
+        options = list(candidate.canonical[:NUM_OPTIONS])
+        if candidate.answer not in options:
+            options = [
+                o for o in candidate.canonical if o in options[: NUM_OPTIONS - 1] or o == candidate.answer
+            ]
+    assert len(set(options)) == NUM_OPTIONS and candidate.answer in options, options
+    return Question(
+        candidate.category,
+        candidate.question,
+        tuple(options),
+        options.index(candidate.answer),
+        candidate.reasoning,
+    )

@@ -37,10 +37,15 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "orange": (240, 140, 20),
 }
 DEFAULT_COLOURS = ("red", "green", "blue", "yellow", "white", "magenta")
+# Lookup questions use exactly four colours, so "which object ..." options are always these four in this order.
+LOOKUP_COLOURS = ("red", "green", "blue", "yellow")
 BACKGROUND: tuple[int, int, int] = (24, 24, 24)
 # With `tinted_regions`, each region's empty floor has its own dark tint (in REGIONS order), so the token of
 # a region says which region it is even where an object covers most of it; far from every palette colour.
 REGION_TINTS: tuple[tuple[int, int, int], ...] = ((24, 24, 24), (24, 24, 80), (24, 72, 24), (80, 24, 24))
+
+# "lookup": one fact per question; "multihop": two moments per question (see the `questions` module).
+QUESTION_STYLES = ("lookup", "multihop")
 
 # Region r is at grid row r // 2, column r % 2.
 REGIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -58,24 +63,32 @@ class TaskConfig:
     For fewer frames per video keep the duration and lower fps (64 frames at 2 fps is the same 32 s task).
     size: frame side, a multiple of 56; 56 -> one 28x28 token per region, 112 -> 2x2 tokens per region.
 
-    objects_per_video: how many distinct colours one video uses (drawn from `colours`).
+    colours: the task's colours (None: LOOKUP_COLOURS for lookup questions, DEFAULT_COLOURS for multihop).
+    objects_per_video: how many distinct colours one video uses, drawn from `colours` (None: 3 for lookup, so
+        one colour is missing and "how many times" can be 0; 4 for multihop).
     min_appearances / max_appearances: how many episodes (appearances) a video tries to place.
     move_prob: chance that an episode slides to an adjacent region (goal questions need at least one).
     object_px: side of an object's square in pixels (None: 20/56 of the frame, i.e. 20 px at 56x56).
     tinted_regions: each region's background has its own dark tint (REGION_TINTS), else all BACKGROUND.
+    questions: "lookup" (one fact per question, e.g. where did X appear; a tiny model learns them in minutes)
+        or "multihop" (each question links two moments, e.g. where was X when Y appeared); see `questions`.
+    canonical_options: options in a fixed order (regions as REGIONS, counts ascending, colours in `colours`
+        order), so an answer's letter follows from its text; else the answer's slot is dealt at random.
     The *_s fields are seconds, multiples of time_step_s (see the module docstring for what each one rules).
     """
 
     num_frames: int = 256
     fps: int = 8
     size: int = 56
-    colours: tuple[str, ...] = DEFAULT_COLOURS
-    objects_per_video: int = 4
+    colours: tuple[str, ...] | None = None
+    objects_per_video: int | None = None
     min_appearances: int = 4
     max_appearances: int = 6
     move_prob: float = 0.5
     object_px: int | None = None
     tinted_regions: bool = True
+    questions: str = "lookup"
+    canonical_options: bool = True
     time_step_s: float = 1.0
     first_appearance_s: float = 1.0
     min_gap_s: float = 3.0
@@ -90,6 +103,11 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         """Check every knob; ConfigError naming the knob and the fix."""
+        lookup = self.questions == "lookup"
+        if self.colours is None:
+            object.__setattr__(self, "colours", LOOKUP_COLOURS if lookup else DEFAULT_COLOURS)
+        if self.objects_per_video is None:
+            object.__setattr__(self, "objects_per_video", 3 if lookup else 4)
         object.__setattr__(self, "colours", tuple(self.colours))
         for name in ("num_frames", "fps", "size", "objects_per_video", "min_appearances", "max_appearances"):
             value = getattr(self, name)
@@ -105,10 +123,17 @@ class TaskConfig:
             raise ConfigError(f"synthetic colours {unknown} are unknown; choose from {', '.join(PALETTE)}")
         if len(set(self.colours)) != len(self.colours):
             raise ConfigError(f"synthetic colours repeat: {list(self.colours)}")
-        if len(self.colours) < 5:
+        if self.questions not in QUESTION_STYLES:
             raise ConfigError(
-                "synthetic colours: need at least 5 (four options besides the asked-about object)"
+                f"synthetic questions must be one of {', '.join(QUESTION_STYLES)}, got {self.questions!r}"
             )
+        if self.questions == "multihop" and len(self.colours) < 5:
+            raise ConfigError(
+                "synthetic colours: need at least 5 for multihop questions (four options besides the "
+                "asked-about object)"
+            )
+        if len(self.colours) < 4:
+            raise ConfigError("synthetic colours: need at least 4 (four options)")
         if self.objects_per_video < 2 or self.objects_per_video > len(self.colours):
             raise ConfigError(
                 f"synthetic objects_per_video must be in 2..{len(self.colours)} (the number of colours), "
