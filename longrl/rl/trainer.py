@@ -85,7 +85,13 @@ def build_reference(ctx: TrainContext) -> Reference | None:
 def build_grpo_setup(ctx: TrainContext) -> GRPOSetup:
     """The GRPO step's inputs from a started run: the engine, the reference and the run's objects."""
     cfg: RLConfig = ctx.cfg
-    engine = engine_class(cfg.rollout.engine)(ctx.adapter, ctx.tokenizer)
+    if cfg.rollout.engine == "hf":
+        engine = engine_class("hf")(ctx.adapter, ctx.tokenizer)
+    else:
+        # An engine with its own copy of the weights starts from the base folder (a LoRA-wrapped policy has
+        # adapter keys it cannot load), then gets the current policy: LoRA merged, or a resumed run's weights.
+        engine = engine_class(cfg.rollout.engine)(ctx.adapter, ctx.tokenizer, model_dir=cfg.model.path)
+        sync_engine(engine, ctx)
 
     def on_failed(example: Example, reason: str) -> None:
         if cfg.data.on_bad_row == "fail":
@@ -136,14 +142,19 @@ def train_rl(ctx: TrainContext) -> dict[str, Any]:
     setup = build_grpo_setup(ctx)
     last: dict[str, float] = {}
     remaining = cfg.run.steps - ctx.start_step
-    with progress(remaining, "rl", enabled=ctx.is_main and cfg.run.progress) as bar:
-        for step in range(ctx.start_step + 1, cfg.run.steps + 1):
-            last = rl_step(ctx, setup, step)
-            if step % cfg.run.log_every == 0 or step == cfg.run.steps:
-                ctx.metrics.log(step, last)
-            if ctx.should_save(step):
-                ctx.save(step)
-            bar.advance()
+    try:
+        with progress(remaining, "rl", enabled=ctx.is_main and cfg.run.progress) as bar:
+            for step in range(ctx.start_step + 1, cfg.run.steps + 1):
+                last = rl_step(ctx, setup, step)
+                if step % cfg.run.log_every == 0 or step == cfg.run.steps:
+                    ctx.metrics.log(step, last)
+                if ctx.should_save(step):
+                    ctx.save(step)
+                bar.advance()
+    finally:
+        close = getattr(setup.engine, "close", None)  # vllm: shut the engine down, remove its weights folder
+        if close is not None:
+            close()
     summary = finish_run(ctx, {k: v for k, v in last.items() if not k.startswith("time/")})
     if ctx.is_main:
         _print_summary(ctx, summary)
