@@ -27,8 +27,8 @@ from longrl.rl.reference import Reference
 from longrl.rl.step import GRPOSetup, grpo_step
 from longrl.rollout import RolloutEngine, engine_class
 from longrl.train.lora import lora_layers
-from longrl.train.metrics import StepTimer, progress
-from longrl.train.setup import TrainContext, close_run, finish_run, setup_run
+from longrl.train.metrics import StepTimer
+from longrl.train.setup import TrainContext, close_run, finish_run, run_steps, setup_run
 
 if TYPE_CHECKING:
     from torch import nn
@@ -138,24 +138,14 @@ def rl_step(ctx: TrainContext, setup: GRPOSetup, step: int) -> dict[str, float]:
 
 def train_rl(ctx: TrainContext) -> dict[str, Any]:
     """The loop from ctx.start_step to cfg.run.steps, checkpoints included; returns the run summary."""
-    cfg: RLConfig = ctx.cfg
     setup = build_grpo_setup(ctx)
-    last: dict[str, float] = {}
-    remaining = cfg.run.steps - ctx.start_step
     try:
-        with progress(remaining, "rl", enabled=ctx.is_main and cfg.run.progress) as bar:
-            for step in range(ctx.start_step + 1, cfg.run.steps + 1):
-                last = rl_step(ctx, setup, step)
-                if step % cfg.run.log_every == 0 or step == cfg.run.steps:
-                    ctx.metrics.log(step, last)
-                if ctx.should_save(step):
-                    ctx.save(step)
-                bar.advance()
+        last = run_steps(ctx, lambda step: rl_step(ctx, setup, step), "rl")
     finally:
         close = getattr(setup.engine, "close", None)  # vllm: shut the engine down, remove its weights folder
         if close is not None:
             close()
-    summary = finish_run(ctx, {k: v for k, v in last.items() if not k.startswith("time/")})
+    summary = finish_run(ctx, last)
     if ctx.is_main:
         _print_summary(ctx, summary)
     return summary

@@ -31,9 +31,9 @@ from longrl.parallel.sp_attention import sp_attention
 from longrl.parallel.sp_prefill import sp_token_logprobs, sync_gradients
 from longrl.rollout.prompts import encode_videos
 from longrl.sft.batch import build_sft_batch
-from longrl.train.metrics import StepTimer, progress
+from longrl.train.metrics import StepTimer
 from longrl.train.optim import clip_gradients
-from longrl.train.setup import TrainContext, close_run, finish_run, setup_run
+from longrl.train.setup import TrainContext, close_run, finish_run, run_steps, setup_run
 
 if TYPE_CHECKING:
     from longrl.data.schema import Example
@@ -184,18 +184,7 @@ def sft_step(ctx: TrainContext) -> dict[str, float]:
 
 def train_sft(ctx: TrainContext) -> dict[str, Any]:
     """The training loop from ctx.start_step to cfg.run.steps, checkpoints included; returns the summary."""
-    cfg: SFTConfig = ctx.cfg
-    last: dict[str, float] = {}
-    remaining = cfg.run.steps - ctx.start_step
-    with progress(remaining, "sft", enabled=ctx.is_main and cfg.run.progress) as bar:
-        for step in range(ctx.start_step + 1, cfg.run.steps + 1):
-            last = sft_step(ctx)
-            if step % cfg.run.log_every == 0 or step == cfg.run.steps:
-                ctx.metrics.log(step, last)
-            if ctx.should_save(step):
-                ctx.save(step)
-            bar.advance()
-    summary = finish_run(ctx, {k: v for k, v in last.items() if not k.startswith("time/")})
+    summary = finish_run(ctx, run_steps(ctx, lambda step: sft_step(ctx), "sft"))
     if ctx.is_main:
         _print_summary(ctx, summary)
     return summary

@@ -23,6 +23,7 @@ import os
 import random
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -397,6 +398,25 @@ def _barrier(state: ParallelState) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # finish
+
+
+def run_steps(ctx: TrainContext, step_fn: Callable[[int], dict[str, float]], label: str) -> dict[str, float]:
+    """The loop both trainers share: steps ctx.start_step + 1 .. cfg.run.steps (1-based, passed to step_fn),
+    each logged every run.log_every steps and at the last, checkpointed when due, with a progress bar on the
+    main rank. Returns the last step's metrics without the time/ split (what finish_run records)."""
+    from longrl.train.metrics import progress
+
+    run = ctx.cfg.run
+    last: dict[str, float] = {}
+    with progress(run.steps - ctx.start_step, label, enabled=ctx.is_main and run.progress) as bar:
+        for step in range(ctx.start_step + 1, run.steps + 1):
+            last = step_fn(step)
+            if step % run.log_every == 0 or step == run.steps:
+                ctx.metrics.log(step, last)
+            if ctx.should_save(step):
+                ctx.save(step)
+            bar.advance()
+    return {k: v for k, v in last.items() if not k.startswith("time/")}
 
 
 def finish_run(ctx: TrainContext, final_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
