@@ -62,7 +62,8 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N usable questions.")] = None,
     engine: Annotated[str, typer.Option(help="Rollout engine.")] = "hf",
     nproc: Annotated[int, typer.Option(help="Processes on this machine (relaunches under torchrun when > 1).")] = 1,
-    sp: Annotated[int, typer.Option(help="Sequence-parallel size: ranks sharing one video's vision encode.")] = 1,
+    sp: Annotated[int, typer.Option(help="Sequence-parallel size: ranks sharing each prompt. Shards the vision encode, the prefill and the KV cache (each rank keeps 1/S of it; decoding merges the ranks' attention), for prompts too long for one device. Needs --engine hf.")] = 1,
+    sp_attn: Annotated[str, typer.Option(help="Attention of the sequence-parallel prefill: ring, ulysses or auto (Ulysses when --sp divides the head counts).")] = "auto",
     embed_cache_dir: Annotated[Path | None, typer.Option(help="Disk tier of the video-embedding cache (shared across runs).")] = None,
     video_backend: Annotated[str, typer.Option(help="Decoder: auto (decord, then PyAV), decord or pyav.")] = "auto",
     on_bad_row: Annotated[str, typer.Option(help="skip: count bad rows and go on; fail: stop at the first.")] = "skip",
@@ -87,9 +88,9 @@ def eval_command(
         frames=counts if counts is not None or fps is not None else [64], fps=fps, max_frames=max_frames,
         samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         batch_size=batch_size, subtitles=subtitles, subtitle_root=subtitle_root, subtitle_rule=subtitle_rule,
-        limit=limit, engine=engine, sp=sp, embed_cache_dir=embed_cache_dir, video_backend=video_backend,
-        on_bad_row=on_bad_row, plot=plot, seed=seed, dtype=dtype, require_answer_tag=require_answer_tag,
-        judge=judge,
+        limit=limit, engine=engine, sp=sp, sp_attn=sp_attn, embed_cache_dir=embed_cache_dir,
+        video_backend=video_backend, on_bad_row=on_bad_row, plot=plot, seed=seed, dtype=dtype,
+        require_answer_tag=require_answer_tag, judge=judge,
     )  # fmt: skip
     config.check()
     from longrl.cli.launch import under_torchrun

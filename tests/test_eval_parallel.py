@@ -1,7 +1,8 @@
 """`run_eval` under a 2-process gloo world (`longrl.parallel.run_local`, as torchrun would start it) against
-the single-process run (the reference): sp=2 shards every video's vision encode over both ranks; dp=2 splits
-the questions. Greedy decoding of the fp32 tiny model must give the same responses and parsed answers, every
-question answered once, and only rank 0 returns metrics."""
+the single-process run (the reference): sp=2 shards every video's vision encode, and every prompt's prefill,
+KV cache and decoding (`SPHFEngine`), over both ranks; dp=2 splits the questions. Greedy decoding of the fp32
+tiny model must give the same responses and parsed answers, every question answered once, and only rank 0
+returns metrics."""
 
 from __future__ import annotations
 
@@ -19,7 +20,18 @@ TIMEOUT_S = 240
 
 
 def _worker(config: EvalConfig):
-    return run_eval(config)
+    """run_eval's result, and the sp size of every prompt prefill this rank ran with `SPHFEngine`."""
+    from longrl.rollout.sp_engine import SPHFEngine
+
+    prefills = []
+    prefill = SPHFEngine.prefill
+
+    def counting(self, *args, **kwargs):
+        prefills.append(self.state.sp_size)
+        return prefill(self, *args, **kwargs)
+
+    SPHFEngine.prefill = counting
+    return run_eval(config), prefills
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +72,10 @@ def test_two_ranks_match_one_process(bench: Path, sp: int):
         run_eval(_config(bench, "single", 1))
     reference = _records(bench, "single")
     out = f"world2_sp{sp}"
-    results = run_local(_worker, 2, _config(bench, out, sp), timeout_s=TIMEOUT_S)
+    results, prefills = zip(*run_local(_worker, 2, _config(bench, out, sp), timeout_s=TIMEOUT_S), strict=True)
     assert results[1] is None and results[0]["n"] == 4 and results[0]["errors"] == 1
+    # sp 2: both ranks prefill each of the 4 decodable prompts together (sequence-parallel); dp: plain hf.
+    assert list(prefills) == ([[2] * 4] * 2 if sp == 2 else [[], []])
     records = _records(bench, out)
     assert sorted(records) == sorted(reference)
     for rid, ref in reference.items():

@@ -13,9 +13,13 @@ The output folder:
     report.md                  the same as a markdown table; accuracy_vs_frames.png with --plot
 
 A rerun into the same folder skips the questions already in each predictions file (resume), so a killed run
-loses at most one batch. Under torchrun (`--nproc N --sp S`) every rank of an sp group answers the same
-questions (the vision encode is sharded over the group), the dp groups split the questions, and global rank 0
-gathers the records and writes every file.
+loses at most one batch. Under torchrun (`--nproc N --sp S`) the dp groups split the questions and global
+rank 0 gathers the records and writes every file. The S ranks of an sp group answer the same questions
+together, each holding 1/S of every prompt: the vision encode is sharded over the group (frames), and with
+S > 1 so is generation (`longrl.rollout.sp_engine.SPHFEngine`): the prompt prefill runs sequence-parallel
+(ring or Ulysses attention, `--sp-attn`), each rank keeps only its shard's KV cache, and every decode step
+merges the ranks' partial attention (flash-decoding across ranks). That is what lets a prompt too long for
+one device's KV cache be answered at all.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from longrl.eval.loaders import BENCHMARKS, load_benchmark
 from longrl.eval.predictions import PredictionWriter, load_predictions, write_text_atomic
 from longrl.eval.scoring import score_response, summarize
 from longrl.eval.subtitles import SUBTITLE_RULES, frame_times, read_srt, select_cues, with_subtitles
+from longrl.parallel.sp_attention import SP_ATTN_CHOICES
 from longrl.rl.rewards import OPEN_ENDED, RewardConfig
 
 CONFIG_FILE = "eval_config.json"
@@ -58,8 +63,10 @@ class EvalConfig:
 
     frames: frame counts to sweep (one folder each); None with `fps`: one setting sampling at fps, capped
     at max_frames. temperature: None = greedy for samples == 1, 1.0 otherwise. sp: sequence-parallel size
-    (the process count comes from torchrun). dtype: "auto" = bfloat16 on GPU, float32 on CPU. judge: an
-    LLM judge for open-ended answers (`longrl.eval.judge.JudgeConfig`), None = normalized exact match.
+    (the process count comes from torchrun; > 1 shards the vision encode, prefill and KV cache of each
+    prompt, and needs engine "hf"). sp_attn: the sp prefill's attention, "ring", "ulysses" or "auto".
+    dtype: "auto" = bfloat16 on GPU, float32 on CPU. judge: an LLM judge for open-ended answers
+    (`longrl.eval.judge.JudgeConfig`), None = normalized exact match.
     """
 
     model: Path
@@ -81,6 +88,7 @@ class EvalConfig:
     limit: int | None = None
     engine: str = "hf"
     sp: int = 1
+    sp_attn: str = "auto"
     embed_cache_dir: Path | None = None
     video_backend: str = "auto"
     on_bad_row: str = "skip"
@@ -111,6 +119,13 @@ class EvalConfig:
         for name in ("samples", "max_new_tokens", "batch_size", "sp"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.sp > 1 and self.engine != "hf":
+            raise ConfigError(
+                f"--sp {self.sp} generates sequence-parallel with the hf engine; --engine {self.engine} cannot "
+                "(use --engine hf, or --sp 1 and the engine's own parallelism)"
+            )
+        if self.sp_attn not in SP_ATTN_CHOICES:
+            raise ConfigError(f"--sp-attn {self.sp_attn}: choose one of {', '.join(SP_ATTN_CHOICES)}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.subtitle_rule not in SUBTITLE_RULES:
@@ -397,9 +412,7 @@ def _run(config: EvalConfig, state, on_progress: ProgressFn | None) -> dict[str,
         adapter, tokenizer, video_config = load_model(
             config.model, _dtype(config, state.device), state.device
         )
-        # vLLM loads the folder itself; given none it would save a copy of the loaded model first.
-        extra = {"model_dir": config.model} if config.engine == "vllm" else {}
-        engine = engine_cls(adapter, tokenizer, **extra)
+        engine = _make_engine(config, state, engine_cls, adapter, tokenizer)
         session = _Session(
             config, world, items, adapter, tokenizer, engine,
             EmbeddingStore.for_adapter(adapter, disk_dir=config.embed_cache_dir), video_config,
@@ -416,6 +429,18 @@ def _run(config: EvalConfig, state, on_progress: ProgressFn | None) -> dict[str,
     if not world.is_writer:
         return None
     return _finish(config, by_setting, report, missing_subs, len(items))
+
+
+def _make_engine(config: EvalConfig, state, engine_cls: type, adapter, tokenizer):
+    """The rollout engine: sequence-parallel over the sp group when sp > 1 (prefill, KV cache and decode
+    sharded), else `config.engine`'s class."""
+    if state.sp_size > 1:
+        from longrl.rollout.sp_engine import SPHFEngine
+
+        return SPHFEngine(adapter, tokenizer, state=state, attn=config.sp_attn)
+    # vLLM loads the folder itself; given none it would save a copy of the loaded model first.
+    extra = {"model_dir": config.model} if config.engine == "vllm" else {}
+    return engine_cls(adapter, tokenizer, **extra)
 
 
 def _answer_setting(session: _Session, label: str, sampling) -> dict[str, Any] | None:

@@ -2,7 +2,9 @@
 
 `base` defines the interface every engine implements (`SamplingParams`, `RolloutBatch`, `RolloutResult`,
 `RolloutEngine`, and the logprob contract the trainer relies on); `hf` is the transformers engine that
-decodes with the trainer's own model. `engine_class(name)` maps an engine name (the `--engine` choice) to
+decodes with the trainer's own model; `sp_engine.SPHFEngine` is the same engine sequence-parallel over an sp
+group (prefill, KV cache and decode sharded; built with the group's ParallelState, so not an `--engine`
+name: `longrl eval --sp S` uses it). `engine_class(name)` maps an engine name (the `--engine` choice) to
 its class, importing it only then (a vLLM engine imports vLLM).
 """
 
