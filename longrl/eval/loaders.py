@@ -16,8 +16,13 @@ Benchmarks (`--benchmark`), all local files:
 - ``mc``: generic multiple-choice JSON/JSONL rows (`question`, `options`, `answer` letter or option text,
   `video`, `category`), the plain form of `longrl.data.schema`. A row without options is a bad row.
 - ``open-ended``: ActivityNet-QA style free-text QA (`question`, `answer`, `video` or `video_name`,
-  optional `category` or `type`; ActivityNet-QA's numeric types are named, 3 -> "yes/no"). `video_name`
-  is looked up like Video-MME's ids. Scored by normalized exact match (or an LLM judge).
+  optional `category` or `type`; ActivityNet-QA's numeric types are named, 3 -> "yes/no"). Scored by
+  normalized exact match (or an LLM judge). ActivityNet-QA's own release keeps a split in two files,
+  `<split>_q.json` ([{"video_name", "question_id", "question"}]) and `<split>_a.json` ([{"question_id",
+  "answer", "type"}]): pass either as --data and the other is read from the same folder and joined on
+  `question_id` (a question without an answer is a bad row; files sharing no id are an error). Its
+  `video_name` is the YouTube id and the videos are stored as `v_<video_name>.mp4` (ActivityNet's naming;
+  the bare `<video_name>` and .mkv / .webm are tried too).
 
 With subtitles on, an item's subtitle file is `<subtitle_root>/<video path relative to the video root, with
 suffix .srt>` (Video-MME: `<videoID>.srt`); a video without one is not a bad row (`load_benchmark` returns
@@ -41,11 +46,11 @@ from longrl.rl.rewards import MULTIPLE_CHOICE, OPEN_ENDED
 BENCHMARKS = ("longvideo-reason", "video-mme", "mc", "open-ended")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
 
-# ActivityNet-QA's `type` codes (its README): the question categories of its breakdown tables.
+# ActivityNet-QA's `type` codes (its dataset README): the question categories of its breakdown tables.
 ACTIVITYNET_QA_TYPES = {
     0: "motion",
-    1: "spatial",
-    2: "temporal",
+    1: "spatial relation",
+    2: "temporal relation",
     3: "yes/no",
     4: "color",
     5: "object",
@@ -128,6 +133,7 @@ class _Layout:
 
     to_row: Callable[[dict, Path], tuple[dict, str | None]]
     kind: Callable[[Example], str]
+    read: Callable[[Path], RawRows] = read_raw_rows
 
 
 def _load_rows(path: Path, video_root: str | os.PathLike | None, layout: _Layout, on_bad_row: str):
@@ -145,7 +151,7 @@ def _load_rows(path: Path, video_root: str | os.PathLike | None, layout: _Layout
     cache: dict = {}
     seen: set[str] = set()
     parsed_any = False
-    for where, index, row in _flatten(read_raw_rows(path)):
+    for where, index, row in _flatten(layout.read(path)):
         report.total += 1
         try:
             if isinstance(row, RowProblem):
@@ -234,7 +240,11 @@ def _open_ended_row(row: dict, root: Path) -> tuple[dict, None]:
         raise RowProblem("bad_options", "the row has options; use --benchmark mc for multiple choice")
     video = row.get("video") if row.get("video") is not None else row.get("videos")
     if video is None:
-        video = find_video([row.get("video_name"), row.get("video_id")], root)
+        name = row.get("video_name")
+        names = [name, row.get("video_id")]
+        if isinstance(name, str) and name and not name.startswith("v_"):
+            names = [f"v_{name}", *names]  # ActivityNet stores YouTube id X as v_X.mp4
+        video = find_video(names, root)
     category = row.get("category")
     if category is None and row.get("type") is not None:
         kind = row["type"]
@@ -247,6 +257,84 @@ def _open_ended_row(row: dict, root: Path) -> tuple[dict, None]:
         "category": category,
     }
     return plain, None
+
+
+def split_pair(path: Path) -> tuple[Path, Path] | None:
+    """(questions, answers) paths when `path` is named like one of ActivityNet-QA's split files
+    (`test_q.json` / `test_a.json`), the other one beside it; else None."""
+    stem = path.stem
+    if stem.endswith("_q"):
+        return path, path.with_name(f"{stem[:-2]}_a{path.suffix}")
+    if stem.endswith("_a"):
+        return path.with_name(f"{stem[:-2]}_q{path.suffix}"), path
+    return None
+
+
+def read_open_ended_rows(path: Path) -> RawRows:
+    """The rows of an open-ended file; an ActivityNet-QA split file (questions without answers, or answers
+    without questions) is joined with its sibling on `question_id`, rows in the questions file's order.
+
+    Raises DataError (one line) when the sibling is missing, unreadable, repeats an id or shares no id with
+    the questions. A question whose id has no answer comes as a RowProblem (a bad row).
+    """
+    rows = list(read_raw_rows(path))
+    pair = split_pair(path)
+    dicts = [row for _, _, row in rows if isinstance(row, dict)]
+    if pair is None or not dicts:
+        return iter(rows)
+    questions, answers = pair
+    given_questions = path == questions
+    if any(("answer" if given_questions else "question") in row for row in dicts):
+        return iter(rows)  # already a joined file that happens to be named like a split file
+    other = answers if given_questions else questions
+    if not other.is_file():
+        what = "answers" if given_questions else "questions"
+        raise DataError(
+            f"{path} holds ActivityNet-QA {'questions' if given_questions else 'answers'} only and its "
+            f"{what} file {other} is missing; put {other.name} next to it (or pass a joined file)"
+        )
+    question_rows = rows if given_questions else list(read_raw_rows(questions))
+    answer_rows = list(read_raw_rows(answers)) if given_questions else rows
+    return _joined(question_rows, _answers_by_id(answers, answer_rows), questions, answers)
+
+
+def _answers_by_id(answers: Path, rows: list) -> dict[str, dict]:
+    """question_id -> answer row, from the raw rows of an ActivityNet-QA answers file."""
+    by_id: dict[str, dict] = {}
+    for where, _, row in rows:
+        if not isinstance(row, dict):
+            raise DataError(f"{answers}: {where} is not an answer row ({{question_id, answer, type}})")
+        qid = row.get("question_id")
+        if qid is None:
+            raise DataError(f"{answers}: an answer row has no question_id ({_preview(row)})")
+        if str(qid) in by_id:
+            raise DataError(f"{answers}: question_id {qid!r} has two answers")
+        by_id[str(qid)] = row
+    return by_id
+
+
+def _joined(question_rows: list, by_id: dict[str, dict], questions: Path, answers: Path) -> RawRows:
+    ids = [str(row.get("question_id")) for _, _, row in question_rows if isinstance(row, dict)]
+    if ids and not any(qid in by_id for qid in ids):
+        raise DataError(
+            f"{questions.name} and {answers.name} share no question_id (e.g. {ids[0]!r} has no answer); "
+            "pass the questions and answers of the same split"
+        )
+    for where, index, row in question_rows:
+        if isinstance(row, dict):
+            answer = by_id.get(str(row.get("question_id")))
+            if answer is None:
+                row = RowProblem(
+                    "missing_field", f"question_id {row.get('question_id')!r} has no answer in {answers.name}"
+                )
+            else:
+                row = {**answer, **row}  # the question's fields, plus `answer` and `type`
+        yield where, index, row
+
+
+def _preview(row: dict) -> str:
+    text = str(row)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _as_is(row: dict, root: Path) -> tuple[dict, None]:
@@ -271,5 +359,5 @@ _LAYOUTS = {
     "longvideo-reason": _Layout(_as_is, _by_options),
     "video-mme": _Layout(_video_mme_row, _multiple_choice),
     "mc": _Layout(_as_is, _multiple_choice),
-    "open-ended": _Layout(_open_ended_row, _open_ended),
+    "open-ended": _Layout(_open_ended_row, _open_ended, read_open_ended_rows),
 }
