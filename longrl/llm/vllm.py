@@ -25,15 +25,19 @@ def vllm_available() -> bool:
 
 
 def _with_cpu_defaults(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """On CPU vLLM reserves 92% of host RAM for its KV cache unless told otherwise (and refuses to start on a
-    shared machine): use the rollout engine's fixed CPU default unless the caller chose."""
+    """The rollout engine's CPU defaults, unless the caller chose: on CPU vLLM reserves 92% of host RAM for its
+    KV cache (and refuses to start on a shared machine), spends ~30 s compiling the model (eager instead),
+    and its worker crashes on a seeded request whose prefill is chunked over steps (chunked prefill off)."""
     import torch
 
     from longrl.rollout.vllm import CPU_KV_CACHE_BYTES
 
     out = dict(options or {})
     if not torch.cuda.is_available():
-        out.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+        if "gpu_memory_utilization" not in out:
+            out.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+        out.setdefault("enforce_eager", True)
+        out.setdefault("enable_chunked_prefill", False)
     return out
 
 

@@ -16,9 +16,15 @@ from longrl.rollout.vllm import CPU_KV_CACHE_BYTES
 pytest.importorskip("vllm", reason="vLLM is not installed (the vLLM CI stage runs these tests)")
 
 
-# A fixed KV cache: on CPU vLLM's default reserves 92% of host RAM, more than a shared CI machine has free
-# (the chat backend, unlike the rollout engine, passes its options to vllm.LLM unchanged).
-VLLM_OPTIONS = {"dtype": "float32", "max_model_len": 2048, "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+# Spelled out although they are also the backend's CPU defaults (`_with_cpu_defaults`): a fixed KV cache (on
+# CPU vLLM's default reserves 92% of host RAM, more than a shared CI machine has free) and eager mode (vLLM
+# otherwise compiles the model with torch.compile first, ~30 s of this stage that tests nothing).
+VLLM_OPTIONS = {
+    "dtype": "float32",
+    "max_model_len": 2048,
+    "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES,
+    "enforce_eager": True,
+}
 
 
 def test_vllm_greedy_text_matches_hf_backend(tmp_path):
