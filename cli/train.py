@@ -92,6 +92,14 @@ TrainVision = Annotated[
     typer.Option("--train-vision/--freeze-vision", help="Train the vision tower too (default: frozen)."),
 ]
 Device = Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: auto).")]
+Fsdp = Annotated[
+    bool | None,
+    typer.Option(
+        "--fsdp/--no-fsdp",
+        help="Shard policy and reference over the dp ranks with FSDP2 (parallel.fsdp; default: auto = on "
+        "with CUDA and more than one dp rank).",
+    ),
+]
 BatchSize = Annotated[
     int | None, typer.Option(help="Per dp rank: sequences (sft) or prompts (rl) per step (default: 4).")
 ]
@@ -108,7 +116,7 @@ def _common(**flags: Any) -> dict[str, Any]:
         "video_backend": "data.video_backend", "resume": "run.resume", "seed": "run.seed",
         "save_every": "run.save_every", "tensorboard": "run.tensorboard", "lora_rank": "model.lora.rank",
         "gradient_checkpointing": "model.gradient_checkpointing", "train_vision": "model.train_vision",
-        "device": "run.device", "batch_size": "batch_size",
+        "device": "run.device", "batch_size": "batch_size", "fsdp": "parallel.fsdp",
     }  # fmt: skip
     return {keys[name]: value for name, value in flags.items()}
 
@@ -178,7 +186,7 @@ def sft(
     on_bad_row: OnBadRow = None, embed_cache_dir: EmbedCache = None, video_backend: VideoBackend = None,
     resume: Resume = None, seed: Seed = None, save_every: SaveEvery = None, tensorboard: TensorBoard = None,
     lora_rank: LoraRank = None, gradient_checkpointing: GradCkpt = None, train_vision: TrainVision = None,
-    device: Device = None,
+    device: Device = None, fsdp: Fsdp = None,
 ) -> None:  # fmt: skip
     """CoT-SFT: response-only loss on <think>{reasoning}</think><answer>{answer}</answer>."""
     from longrl.train.config import SFTConfig
@@ -189,7 +197,7 @@ def sft(
         rdzv_id=rdzv_id, on_bad_row=on_bad_row, embed_cache_dir=embed_cache_dir, video_backend=video_backend,
         resume=resume, seed=seed, save_every=save_every, tensorboard=tensorboard, lora_rank=lora_rank,
         gradient_checkpointing=gradient_checkpointing, train_vision=train_vision, device=device,
-        batch_size=batch_size,
+        batch_size=batch_size, fsdp=fsdp,
     )  # fmt: skip
     flags |= {"grad_accum": grad_accum, "max_response_tokens": max_response_tokens}
     launch(build_config(SFTConfig, config, set_, flags), "sft")
@@ -227,7 +235,7 @@ def rl(
     on_bad_row: OnBadRow = None, embed_cache_dir: EmbedCache = None, video_backend: VideoBackend = None,
     resume: Resume = None, seed: Seed = None, save_every: SaveEvery = None, tensorboard: TensorBoard = None,
     lora_rank: LoraRank = None, gradient_checkpointing: GradCkpt = None, train_vision: TrainVision = None,
-    device: Device = None,
+    device: Device = None, fsdp: Fsdp = None,
 ) -> None:  # fmt: skip
     """GRPO with rule-based rewards; MR-SP with --sp S (S processes share one sequence)."""
     from longrl.train.config import RLConfig
@@ -238,7 +246,7 @@ def rl(
         rdzv_id=rdzv_id, on_bad_row=on_bad_row, embed_cache_dir=embed_cache_dir, video_backend=video_backend,
         resume=resume, seed=seed, save_every=save_every, tensorboard=tensorboard, lora_rank=lora_rank,
         gradient_checkpointing=gradient_checkpointing, train_vision=train_vision, device=device,
-        batch_size=batch_size,
+        batch_size=batch_size, fsdp=fsdp,
     )  # fmt: skip
     flags |= {
         "rollout.n": n, "rollout.temperature": temperature, "rollout.top_p": top_p,

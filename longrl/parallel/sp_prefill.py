@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from longrl import ops
 from longrl.models.base import ModelAdapter, MultimodalInputs
@@ -119,8 +120,13 @@ def sp_shard_logprobs(
     and the entropy [B, Ls] with return_entropy. A collective over the sp group (attention)."""
     with sp_attention(adapter, state.sp_group, attn, layout=layout):
         hidden = adapter.forward(shard.inputs_embeds, shard.position_ids, None)
+    weight = adapter.lm_head_weight
+    if isinstance(weight, DTensor):
+        raise RuntimeError(
+            "the LM head is an FSDP shard here: run the forward inside longrl.train.fsdp.forward_region"
+        )
     return ops.token_logprobs(
-        hidden, adapter.lm_head_weight, shard.targets, temperature=temperature, return_entropy=return_entropy
+        hidden, weight, shard.targets, temperature=temperature, return_entropy=return_entropy
     )
 
 
@@ -194,6 +200,8 @@ def sync_gradients(
     replicas' losses is the loss), "mean" when each replica normalizes by its own. Parameters that require
     grad but have none on this rank take part as zeros (keeps the collectives matched across ranks).
     Gradients are flattened into one buffer per dtype/device, so this is one all-reduce per dtype.
+    FSDP-sharded parameters (DTensors) are skipped: FSDP already summed their gradients over dp and sp
+    (`longrl.train.fsdp`); only the others (e.g. a replicated, trainable vision tower) are reduced here.
     """
     if dp_reduce not in ("sum", "mean"):
         raise ValueError(f"dp_reduce must be 'sum' or 'mean', got {dp_reduce!r}")
@@ -201,7 +209,7 @@ def sync_gradients(
         return
     if isinstance(params, nn.Module):
         params = params.parameters()
-    params = [p for p in params if p.requires_grad]
+    params = [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)

@@ -5,7 +5,8 @@ Two kinds of reference, both scoring sequences through the same SP prefill as th
   tower is not copied but shared (RL keeps it frozen, and the reference never runs it anyway: video
   embeddings come from the cache).
 - `Reference.load(folder, ...)`: the initial policy read back from its model folder (a resumed run's
-  reference; the same weights as a frozen copy taken at the start).
+  reference; the same weights as a frozen copy taken at the start); with `shard=state` FSDP-sharded over
+  the dp ranks like the policy (`longrl.train.fsdp.shard_model(train=False)`: forward only).
 - `Reference.lora_base(adapter)`: the policy's own model with its LoRA adapters disabled, i.e. the base
   weights (`longrl.train.lora.adapters_disabled`); no extra memory.
 """
@@ -16,6 +17,7 @@ import contextlib
 import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +26,10 @@ from longrl.parallel.groups import ParallelState
 from longrl.parallel.sp_prefill import sp_token_logprobs
 from longrl.rl.sequences import SequenceBatch, model_inputs
 from longrl.rollout.hf import eval_mode
+from longrl.train.fsdp import forward_region, is_sharded, shard_model
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 
 def sequence_logprobs(
@@ -38,13 +44,18 @@ def sequence_logprobs(
     """Logprobs [N, L] float32 of batch.targets (0 where not scored), and entropy [N, L] with return_entropy.
 
     log_softmax(logits / temperature) as the engines report them, computed sequence-parallel over the sp
-    group (every sp rank of the group gets the full result; a collective). Runs with or without grad.
+    group (every sp rank of the group gets the full result; a collective). Runs with or without grad; an
+    FSDP-sharded model runs it as one region (`longrl.train.fsdp.forward_region`).
     """
-    inputs = model_inputs(adapter, batch)
-    targets = batch.targets.to(adapter.device)
-    return sp_token_logprobs(
-        adapter, inputs, targets, state, attn=attn, temperature=temperature, return_entropy=return_entropy
-    )
+
+    def score() -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        inputs = model_inputs(adapter, batch)
+        targets = batch.targets.to(adapter.device)
+        return sp_token_logprobs(
+            adapter, inputs, targets, state, attn=attn, temperature=temperature, return_entropy=return_entropy
+        )
+
+    return forward_region(adapter.model, score)
 
 
 class Reference:
@@ -58,8 +69,11 @@ class Reference:
 
     @classmethod
     def frozen_copy(cls, adapter: ModelAdapter) -> Reference:
-        """A deep copy of `adapter`'s model (vision tower shared), all parameters frozen, in eval mode."""
+        """A deep copy of `adapter`'s model (vision tower shared), all parameters frozen, in eval mode.
+        Not for an FSDP-sharded policy (FSDP modules cannot be copied): use `Reference.load`."""
         model = adapter.model
+        if is_sharded(model):
+            raise ValueError("an FSDP-sharded policy cannot be copied; use Reference.load(folder, shard=...)")
         tower = adapter.vision_tower
         if any(p.requires_grad for p in tower.parameters()):
             raise ValueError(
@@ -73,14 +87,26 @@ class Reference:
         return cls(ref)
 
     @classmethod
-    def load(cls, folder, *, dtype: str | torch.dtype, device: torch.device | str) -> Reference:
+    def load(
+        cls,
+        folder,
+        *,
+        dtype: str | torch.dtype,
+        device: torch.device | str,
+        shard: ParallelState | None = None,
+        mesh: DeviceMesh | None = None,
+    ) -> Reference:
         """The model saved in `folder` (e.g. the run's initial `--model`), frozen, in eval mode. What a resumed
-        run needs: the reference is the INITIAL policy, which a checkpoint of the trained one no longer holds."""
+        run needs: the reference is the INITIAL policy, which a checkpoint of the trained one no longer holds.
+        shard: FSDP-shard it over this grid's dp ranks like the policy (forward only; a collective), on
+        `mesh` (e.g. the policy's, `longrl.train.fsdp.mesh_of`; default: a new one)."""
         from longrl.models.loading import load_model
 
         adapter = load_model(folder, dtype=dtype, device=device).adapter
         adapter.model.requires_grad_(False)
         adapter.model.eval()
+        if shard is not None:
+            shard_model(adapter, shard, train=False, mesh=mesh)
         return cls(adapter)
 
     @classmethod

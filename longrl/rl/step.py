@@ -29,6 +29,10 @@ The stages, in order (the trainer and `longrl bench rl-step` both run exactly th
    batch; backward; `sync_gradients` (sum over sp and dp); clip; optimizer step. The scheduler is the caller's.
 TIS: the engine's own logprobs reweight the loss when tis is "on", or "auto" with an engine other than "hf"
 (the hf engine's logprobs are the trainer's, up to float rounding).
+FSDP (`longrl.train.fsdp`): stages 1-3 hold the policy's full weights (`gathered`: all of them for the hf
+engine, which decodes with the trainer's model, else the token embeddings), and every dp rank runs the same
+number of policy and reference forwards in stages 4-5 (`plan_batches(equal_micro=True)`: a rank with fewer
+micro-batches runs zero-weight padding forwards), as FSDP's per-layer all-gathers need.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from torch import nn
 from longrl.models.base import ModelAdapter
 from longrl.parallel.groups import ParallelState
 from longrl.parallel.sp_attention import sp_attention
-from longrl.parallel.sp_prefill import sync_gradients
+from longrl.parallel.sp_prefill import next_token_targets, sync_gradients
 from longrl.rl.advantages import compute_advantages, zero_variance_mask
 from longrl.rl.losses import GlobalCounts, kl_loss, policy_loss
 from longrl.rl.reference import Reference, sequence_logprobs
@@ -58,6 +62,7 @@ from longrl.rl.sequences import SequenceBatch, build_sequences
 from longrl.rollout.base import RolloutEngine, RolloutResult, SamplingParams
 from longrl.rollout.hf import eval_mode
 from longrl.rollout.prompts import VideoSource, encode_videos, rollout_batch_for
+from longrl.train.fsdp import gathered, is_sharded
 from longrl.train.metrics import StepTimer
 from longrl.train.optim import clip_gradients
 
@@ -272,21 +277,26 @@ def collect_rollouts(
     out = _Rollouts([], {}, [], 0, 0, 0, [], [])
     pending, round_ = list(prompts), 0
     setup.engine.wake()
-    while True:
-        examples, videos = _encode_prompts(setup, pending, draw_prompts, out, timer)
-        # Seeds key on the prompt's global index: dp rank d's prompts follow those of ranks < d.
-        keys = [state.dp_rank * target + i for i in range(len(examples))]
-        with timer.section("rollout"):
-            prompt_ids, results = _generate_round(setup, examples, videos, keys, step, round_)
-        with timer.section("reward"):
-            out.groups += _score_round(setup, examples, prompt_ids, videos, results, out)
-        out.groups_total += len(examples)
-        out.rounds = round_ + 1
-        enough = len(out.groups) >= target
-        if not algo.dynamic_sampling or enough or round_ >= algo.max_refill_rounds or draw_prompts is None:
-            break
-        round_ += 1
-        pending = list(draw_prompts(target))
+    # FSDP: the HF engine decodes with the trainer's own model, a different number of forwards on each rank,
+    # so the whole policy is gathered for the rollouts; other engines only need the token embeddings.
+    own_model = getattr(setup.engine, "adapter", None) is setup.adapter
+    with gathered(setup.adapter.model, everything=own_model):
+        while True:
+            examples, videos = _encode_prompts(setup, pending, draw_prompts, out, timer)
+            # Seeds key on the prompt's global index: dp rank d's prompts follow those of ranks < d.
+            keys = [state.dp_rank * target + i for i in range(len(examples))]
+            with timer.section("rollout"):
+                prompt_ids, results = _generate_round(setup, examples, videos, keys, step, round_)
+            with timer.section("reward"):
+                out.groups += _score_round(setup, examples, prompt_ids, videos, results, out)
+            out.groups_total += len(examples)
+            out.rounds = round_ + 1
+            enough = len(out.groups) >= target
+            no_refill = not algo.dynamic_sampling or round_ >= algo.max_refill_rounds or draw_prompts is None
+            if enough or no_refill:
+                break
+            round_ += 1
+            pending = list(draw_prompts(target))
     setup.engine.sleep()  # hand the accelerator memory to the trainer until the next rollouts
     out.groups = out.groups[:target]
     return out
@@ -353,21 +363,54 @@ def _sequences(groups: list[_Group], pad_id: int) -> SequenceBatch | None:
 
 
 def plan_batches(
-    n: int, mini_batch_size: int | None, micro_batch_size: int | None, state: ParallelState
-) -> list[list[slice]]:
+    n: int,
+    mini_batch_size: int | None,
+    micro_batch_size: int | None,
+    state: ParallelState,
+    *,
+    equal_micro: bool = False,
+) -> list[list[slice | None]]:
     """Mini-batches of this rank's n sequences, each a list of micro-batch row slices (possibly none).
 
     Every dp rank gets the same number of mini-batches (the largest any rank needs; ranks with fewer
     sequences get empty ones), so the gradient all-reduce after each mini-batch matches across ranks.
+    equal_micro (FSDP: every forward is a collective over dp): each mini-batch also gets the same number of
+    micro-batches on every rank, the missing ones as None (a padding forward of zero weight).
     """
     mini = mini_batch_size or max(n, 1)
     count = int(_dp_reduce([math.ceil(n / mini)], state, dist.ReduceOp.MAX)[0])
-    plan = []
+    plan: list[list[slice | None]] = []
     for k in range(count):
         start, stop = min(k * mini, n), min((k + 1) * mini, n)
         micro = micro_batch_size or max(stop - start, 1)
         plan.append([slice(s, min(s + micro, stop)) for s in range(start, stop, micro)])
+    if equal_micro and plan:
+        most = _dp_reduce([len(micro_batches) for micro_batches in plan], state, dist.ReduceOp.MAX)
+        for micro_batches, total in zip(plan, most, strict=True):
+            micro_batches += [None] * (int(total) - len(micro_batches))
     return plan
+
+
+def padding_batch(pad_id: int, sp_size: int) -> SequenceBatch:
+    """A text-only sequence of 2 * sp pad tokens scoring one token, no video: the forward a dp rank runs for
+    a None micro-batch of `plan_batches(equal_micro=True)` (with zero weight in the loss)."""
+    length = 2 * sp_size
+    ids = torch.full((1, length), pad_id, dtype=torch.long)
+    response = torch.zeros((1, length), dtype=torch.bool)
+    response[0, 1] = True
+    return SequenceBatch(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        response_mask=response,
+        targets=next_token_targets(ids, response),
+        rollout_logprobs=torch.zeros((1, length), dtype=torch.float32),
+        video_embeds=[],
+        video_grid_thw=torch.zeros((0, 3), dtype=torch.long),
+        second_per_grid_ts=torch.zeros(0, dtype=torch.float32),
+        advantages=torch.zeros(1, dtype=torch.float32),
+        group_ids=torch.zeros(1, dtype=torch.long),
+        text_id=int(pad_id),
+    )
 
 
 def _micro(setup: GRPOSetup, batch: SequenceBatch, rows: slice) -> SequenceBatch:
@@ -379,19 +422,27 @@ def _micro(setup: GRPOSetup, batch: SequenceBatch, rows: slice) -> SequenceBatch
 
 def _prefill_all(
     setup: GRPOSetup,
-    batch: SequenceBatch,
-    plan: list[list[slice]],
+    batch: SequenceBatch | None,
+    plan: list[list[slice | None]],
     scorer: Callable[[SequenceBatch], torch.Tensor],
-) -> torch.Tensor:
-    """[N, L] float32 logprobs of every sequence, scored micro-batch by micro-batch (the plan's first epoch)."""
-    out = torch.zeros(batch.targets.shape, dtype=torch.float32, device=setup.adapter.device)
+) -> torch.Tensor | None:
+    """[N, L] float32 logprobs of every sequence, scored micro-batch by micro-batch (the plan's first epoch);
+    None micro-batches run the padding forward (FSDP), whose result is dropped. None without a batch."""
+    out = None
+    if batch is not None:
+        out = torch.zeros(batch.targets.shape, dtype=torch.float32, device=setup.adapter.device)
     for micro_batches in plan:
         for rows in micro_batches:
-            part = _micro(setup, batch, rows)
+            part = _padding(setup) if rows is None else _micro(setup, batch, rows)
             with setup.autocast():
                 logp = scorer(part)
-            out[rows, : logp.shape[1]] = logp.float()
+            if rows is not None:
+                out[rows, : logp.shape[1]] = logp.float()
     return out
+
+
+def _padding(setup: GRPOSetup) -> SequenceBatch:
+    return padding_batch(setup.tokenizer.pad_token_id, setup.state.sp_size)
 
 
 class _Means:
@@ -435,12 +486,15 @@ def update_policy(
     adapter.model.train()
     for _ in range(algo.ppo_epochs):
         for micro_batches in plan:
-            rows_all = [i for rows in micro_batches for i in range(rows.start, rows.stop)]
+            rows_all = [i for rows in micro_batches if rows is not None for i in range(rows.start, rows.stop)]
             mask_all = batch.loss_mask[rows_all] if rows_all else torch.zeros(0, 1, dtype=torch.bool)
             seq_tokens = mask_all.sum(-1)
             tokens, seqs = _dp_reduce([float(seq_tokens.sum()), float((seq_tokens > 0).sum())], state)
             loss_total = pg_total = 0.0
             for rows in micro_batches:
+                if rows is None:  # FSDP: this rank has fewer micro-batches; match the others' collectives
+                    _padding_backward(setup, temperature)
+                    continue
                 part = _micro(setup, batch, rows)
                 with setup.autocast():
                     logp, entropy = sequence_logprobs(
@@ -503,6 +557,16 @@ def update_policy(
     return out
 
 
+def _padding_backward(setup: GRPOSetup, temperature: float) -> None:
+    """Forward and backward of the padding sequence with zero weight: the FSDP all-gathers and gradient
+    reductions of one micro-batch, adding exactly 0 to every gradient."""
+    adapter, state = setup.adapter, setup.state
+    with setup.autocast():
+        logp = sequence_logprobs(adapter, _padding(setup), state, temperature=temperature, attn=setup.sp_attn)
+    with sp_attention(adapter, state.sp_group, setup.sp_attn):
+        (logp.sum() * 0.0).backward()
+
+
 def _store_counts(setup: GRPOSetup) -> tuple[int, int]:
     store = setup.source.store
     if store is None:
@@ -532,11 +596,13 @@ def grpo_step(
     batch = _sequences(rollouts.groups, setup.tokenizer.pad_token_id)
     n = len(batch) if batch is not None else 0
     micro = setup.micro_batch_size or algo.micro_batch_size
-    plan = plan_batches(n, algo.mini_batch_size, micro, state)
+    sharded = is_sharded(setup.adapter.model)
+    plan = plan_batches(n, algo.mini_batch_size, micro, state, equal_micro=sharded)
     temperature = setup.sampling_params().logprob_temperature
 
     old = ref = None
-    if batch is not None:
+    # FSDP: a rank without sequences still runs the others' number of forwards (padding).
+    if batch is not None or sharded:
         with timer.section("old"), torch.no_grad(), eval_mode(setup.adapter.model):
             old = _prefill_all(
                 setup, batch, plan,

@@ -11,8 +11,9 @@ every sampling seed is a function of (run seed, step, prompt), not of anything t
 
 The reference of the KL term (only when algo.kl_coef > 0): the base weights under `adapters_disabled` with
 LoRA; otherwise the initial model read back from `model.path` (so a resumed run gets the initial policy,
-not the checkpoint's). The vision tower stays frozen in RL (its embeddings are cached across rollouts and
-prefills): `model.train_vision` is refused.
+not the checkpoint's), FSDP-sharded like the policy when parallel.fsdp is on. With FSDP the engine's weight
+sync gathers full tensors one by one (`policy_weights`). The vision tower stays frozen in RL (its embeddings
+are cached across rollouts and prefills): `model.train_vision` is refused.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from longrl.errors import ConfigError, DataError
 from longrl.rl.reference import Reference
 from longrl.rl.step import GRPOSetup, grpo_step
 from longrl.rollout import RolloutEngine, engine_class
+from longrl.train.fsdp import full_tensor, is_dtensor, mesh_of
 from longrl.train.lora import lora_layers
 from longrl.train.metrics import StepTimer
 from longrl.train.setup import TrainContext, close_run, finish_run, run_steps, setup_run
@@ -50,16 +52,26 @@ def check_rl_config(cfg: RLConfig) -> None:
 
 def policy_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of the policy as a plain HF model: every parameter and buffer, with each LoRA layer's
-    update folded into its base weight (names as in the original model, no lora_A / lora_B)."""
+    update folded into its base weight (names as in the original model, no lora_A / lora_B).
+
+    An FSDP-sharded policy yields full tensors, gathered one at a time (each a collective over its mesh:
+    every rank must consume the whole iterator, in step)."""
     merged = {f"{name}.weight": layer for name, layer in lora_layers(model)}
     skipped = {f"{name}.{part}" for name, _ in lora_layers(model) for part in ("lora_A", "lora_B")}
     for name, tensor in model.state_dict(keep_vars=True).items():
         if name in skipped:
             continue
         layer = merged.get(name)
-        if layer is not None:
+        if layer is not None and is_dtensor(layer.weight):
+            with torch.no_grad():
+                weight = full_tensor(layer.weight)
+                delta = (full_tensor(layer.lora_B).float() @ full_tensor(layer.lora_A).float()) * layer.scale
+                tensor = (weight.float() + delta).to(weight.dtype)
+        elif layer is not None:
             with torch.no_grad():
                 tensor = (layer.weight.float() + layer.delta_weight()).to(layer.weight.dtype)
+        else:
+            tensor = full_tensor(tensor)
         yield name, tensor.detach()
 
 
@@ -79,7 +91,12 @@ def build_reference(ctx: TrainContext) -> Reference | None:
         return None
     if ctx.lora_modules:
         return Reference.lora_base(ctx.adapter)
-    return Reference.load(cfg.model.path, dtype=ctx.adapter.dtype, device=ctx.device)
+    if not ctx.fsdp:
+        return Reference.load(cfg.model.path, dtype=ctx.adapter.dtype, device=ctx.device)
+    # Sharded like the policy, on its mesh (forward only).
+    return Reference.load(
+        cfg.model.path, dtype=ctx.adapter.dtype, device=ctx.device, shard=ctx.state, mesh=mesh_of(ctx.model)
+    )
 
 
 def build_grpo_setup(ctx: TrainContext) -> GRPOSetup:

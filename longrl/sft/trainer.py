@@ -8,6 +8,8 @@ mean of -log p over every response token of the step, across micro batches and d
 so accumulation and data parallelism give the same update as one big batch. It is computed as: backward of
 each micro batch's token SUM, gradients summed over sp and dp ranks (`sync_gradients`), then divided by the
 global token count (known only once every micro batch is built, which is why the division comes last).
+With FSDP (`longrl.train.fsdp`) the sum over dp and sp happens in FSDP's own gradient reduction, which
+`sync_gradients` then leaves alone; every dp rank runs the same grad_accum forwards, as FSDP needs.
 
 Video embeddings come through `longrl.rollout.prompts.encode_videos` (sharded over the sp group and cached
 while the tower is frozen; with `model.train_vision` every micro batch re-encodes with gradients). A row
@@ -21,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,6 +34,7 @@ from longrl.parallel.sp_attention import sp_attention
 from longrl.parallel.sp_prefill import sp_token_logprobs, sync_gradients
 from longrl.rollout.prompts import encode_videos
 from longrl.sft.batch import build_sft_batch
+from longrl.train.fsdp import forward_region
 from longrl.train.metrics import StepTimer
 from longrl.train.optim import clip_gradients
 from longrl.train.setup import TrainContext, close_run, finish_run, run_steps, setup_run
@@ -92,6 +96,14 @@ def _sum_over_dp(values: list[float], ctx: TrainContext, op=None) -> list[float]
     return t.tolist()
 
 
+def _score(ctx: TrainContext, examples: list[Example], videos: list[VideoEmbedding]):
+    """(the SFT batch of `examples`, its logprobs [B, L] float32 with grad), sequence-parallel."""
+    batch = build_sft_batch(
+        ctx.adapter, ctx.tokenizer, examples, videos, max_response_tokens=ctx.cfg.max_response_tokens
+    )
+    return batch, sp_token_logprobs(ctx.adapter, batch.inputs, batch.targets, ctx.state, attn=ctx.sp_attn)
+
+
 def compute_gradients(ctx: TrainContext, timer: StepTimer | None = None) -> GradStats:
     """Fill `.grad` of the trainable parameters with the gradient of this step's loss (see the module
     docstring), identical on every rank. Draws grad_accum micro batches from the data."""
@@ -109,16 +121,8 @@ def compute_gradients(ctx: TrainContext, timer: StepTimer | None = None) -> Grad
             # (and so their SP attention) during backward.
             with sp_attention(ctx.adapter, ctx.state.sp_group, ctx.sp_attn):
                 with ctx.autocast():
-                    batch = build_sft_batch(
-                        ctx.adapter,
-                        ctx.tokenizer,
-                        examples,
-                        videos,
-                        max_response_tokens=cfg.max_response_tokens,
-                    )
-                    logp = sp_token_logprobs(
-                        ctx.adapter, batch.inputs, batch.targets, ctx.state, attn=ctx.sp_attn
-                    )
+                    # A region: with FSDP the embeddings and the LM head are gathered for it (see fsdp.py).
+                    batch, logp = forward_region(ctx.model, partial(_score, ctx, examples, videos))
                 # logp is 0 where nothing is scored, so the sum runs over response tokens only.
                 token_sum = -logp.float().sum()
                 token_sum.backward()

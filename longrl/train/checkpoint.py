@@ -235,8 +235,11 @@ def load_checkpoint(
         )
     sharded = _is_sharded(model)
     if bool(meta.get("sharded", False)) != sharded:
-        how = "with" if meta.get("sharded") else "without"
-        raise ConfigError(f"checkpoint {path} was saved {how} FSDP sharding; resume with the same settings")
+        saved = "true" if meta.get("sharded") else "false"
+        raise ConfigError(
+            f"checkpoint {path} was saved with parallel.fsdp {saved}, this run has parallel.fsdp "
+            f"{str(sharded).lower()}; resume with --{'' if meta.get('sharded') else 'no-'}fsdp"
+        )
     files = set(meta["files"])
     missing = [n for n in ("optimizer.pt", "scheduler.pt") if n not in files]
     if (optimizer is not None and "optimizer.pt" in missing) or (

@@ -107,7 +107,9 @@ class ParallelConfig:
 
     nproc: processes per node (> 1 re-launches under torchrun); sp: sequence-parallel size (must divide the
     world size nproc * nnodes); sp_attn: "ring", "ulysses" or "auto" (Ulysses when sp divides the head
-    counts). nnodes / node_rank / rdzv_endpoint / rdzv_id: torchrun's multi-node rendezvous.
+    counts). nnodes / node_rank / rdzv_endpoint / rdzv_id: torchrun's multi-node rendezvous. fsdp: shard the
+    policy and the reference over the dp ranks with FSDP2 ("auto" = on with CUDA and dp > 1; see
+    `longrl.train.fsdp`; summary.json and the checkpoints record whether it was on).
     """
 
     nproc: int = 1
@@ -117,9 +119,12 @@ class ParallelConfig:
     node_rank: int | None = None
     rdzv_endpoint: str | None = None
     rdzv_id: str | None = None
+    fsdp: Literal["auto"] | bool = "auto"
 
     def __post_init__(self) -> None:
         _check_int("parallel.nproc", self.nproc, 1)
+        if self.fsdp != "auto" and not isinstance(self.fsdp, bool):
+            raise ConfigError(f"parallel.fsdp must be auto, true or false, got {self.fsdp!r}")
         _check_int("parallel.sp", self.sp, 1)
         _check_int("parallel.nnodes", self.nnodes, 1)
         if self.node_rank is not None:
@@ -203,6 +208,11 @@ class RolloutConfig:
 
     engine: "hf" or "vllm" (`longrl.rollout.engine_class`). n: responses per prompt (the GRPO group size).
     top_k 0 = off. prompt_batch_size: prompts per engine call (None = the whole step batch).
+    vLLM only (docs/vllm.md): gpu_memory_utilization: vLLM's share of the GPU it shares with the trainer
+    (None = 0.5; on CPU, where it means a share of host RAM, None = a fixed 2 GiB KV cache); max_model_len:
+    longest prompt + response (None = the run's longest possible prompt + max_new_tokens,
+    `longrl.rollout.vllm.rollout_max_model_len`); enforce_eager: no CUDA graphs / compilation (None = on
+    CPU only).
     """
 
     engine: str = "hf"

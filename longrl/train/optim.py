@@ -132,6 +132,28 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
     return LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg, total_steps))
 
 
+def apply_optim_config(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, cfg: OptimConfig) -> None:
+    """Put cfg's hyperparameters back after a checkpoint was loaded (a resumed run may change them).
+
+    Loading restores the saved lr, betas, eps and weight decay into the param groups and the saved base lr
+    into the schedule, which would silently keep the old values. Afterwards the groups hold cfg's values and
+    the lr of the schedule's current step (base lr x the multiplier of `scheduler`, which was built from
+    cfg and the run's step count). With unchanged values nothing changes: the same floats are recomputed.
+    """
+    for group in optimizer.param_groups:
+        group["betas"] = (cfg.beta1, cfg.beta2)
+        group["eps"] = cfg.eps
+        group["weight_decay"] = 0.0 if group.get("name") == "no_decay" else cfg.weight_decay
+        group["initial_lr"] = cfg.lr
+    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    # LambdaLR.get_lr's own formula at the restored step.
+    pairs = zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    lrs = [base * factor(scheduler.last_epoch) for base, factor in pairs]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
 def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> float:
     """Clip the global 2-norm of the gradients of `params` to max_norm (None: no clipping); return the norm.
 
@@ -142,9 +164,16 @@ def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> fl
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-    if hasattr(total, "full_tensor"):  # FSDP2: a DTensor norm over the shards -> the global value
-        total = total.full_tensor()
+    # FSDP2 shards (DTensors) and replicated gradients (e.g. an unsharded vision tower) cannot share one
+    # foreach norm: take each kind's norm and combine them.
+    sharded = [g for g in grads if hasattr(g, "full_tensor")]
+    plain = [g for g in grads if not hasattr(g, "full_tensor")]
+    norms = []
+    if plain:
+        norms.append(torch.nn.utils.get_total_norm(plain, norm_type=2.0))
+    if sharded:  # a DTensor norm over the shards -> the global value (a collective)
+        norms.append(torch.nn.utils.get_total_norm(sharded, norm_type=2.0).full_tensor())
+    total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
     norm = float(total)
     if max_norm is not None and math.isfinite(norm):
         # The same factor as torch.nn.utils.clip_grad_norm_; a plain float works on DTensor gradients too.

@@ -13,6 +13,11 @@ accepted only when it holds nothing but these names (a run of ours), and then on
 
 Precision: float32 parameters everywhere by default (model.dtype "auto"); on a GPU the forward passes run
 under bf16 autocast (`ctx.autocast()`), on the CPU in float32, which keeps CPU runs exactly reproducible.
+
+Sharding: with parallel.fsdp (resolved here; "auto" = CUDA and dp > 1) the policy is wrapped with FSDP2
+(`longrl.train.fsdp.shard_model`) before its optimizer is built; checkpoints gather and scatter the shards,
+and the final HF folder is gathered to rank 0. On `--resume` the saved config.yaml is compared with the new
+one (`longrl.train.resume`): fixed keys refuse, other changes are printed and recorded (`config_changes`).
 """
 
 from __future__ import annotations
@@ -84,6 +89,8 @@ class TrainContext:
     counts: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)  # first few run-time problems, verbatim
     owns_process_group: bool = False  # setup_run started the process group, close_run ends it
+    # Allowed config changes of every resume so far: {"step", "key", "old", "new"} (see longrl.train.resume).
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def model(self) -> nn.Module:
@@ -96,6 +103,13 @@ class TrainContext:
     @property
     def is_main(self) -> bool:
         return self.state.rank == 0
+
+    @property
+    def fsdp(self) -> bool:
+        """True when the policy is sharded with FSDP2 (`longrl.train.fsdp`; parallel.fsdp)."""
+        from longrl.train.fsdp import is_sharded
+
+        return is_sharded(self.model)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -128,6 +142,7 @@ class TrainContext:
             "data_positions": gather_positions(self.data, self.state),
             "counts": _gather_counts(self.counts, self.state),
             "problems": self.problems,
+            "config_changes": self.config_changes,
             **(extra or {}),
         }
         return save_checkpoint(
@@ -258,11 +273,13 @@ def setup_run(cfg: SFTConfig | RLConfig, kind: str) -> TrainContext:
     from longrl.parallel.sp_attention import resolve_sp_attn
     from longrl.rollout.prompts import VideoSource
     from longrl.train.checkpoint import load_checkpoint
-    from longrl.train.config_io import save_config
+    from longrl.train.config_io import config_to_dict, save_config
     from longrl.train.data import load_train_data, restore_positions
+    from longrl.train.fsdp import resolve_fsdp, shard_model
     from longrl.train.lora import apply_lora
     from longrl.train.metrics import MetricsLogger
-    from longrl.train.optim import build_optimizer, build_scheduler
+    from longrl.train.optim import apply_optim_config, build_optimizer, build_scheduler
+    from longrl.train.resume import check_resume_config
 
     check_inputs(cfg)
     import torch.distributed as dist
@@ -273,8 +290,12 @@ def setup_run(cfg: SFTConfig | RLConfig, kind: str) -> TrainContext:
     had_group = dist.is_available() and dist.is_initialized()
     state = _init_parallel(cfg)
     device = _device(cfg, state)
+    use_fsdp = resolve_fsdp(cfg.parallel.fsdp, state, device)  # a resume must keep it: checkpoint.py checks
     run_dir = Path(cfg.run.out)
     resume_from = resolve_resume(run_dir, cfg.run.resume)
+    changes = []
+    if resume_from is not None:  # the config of the run that wrote the checkpoint
+        changes = check_resume_config(resume_from.parent.parent / CONFIG_FILE, config_to_dict(cfg))
     _barrier(state)  # every rank has looked at the folder before rank 0 writes into it
 
     seed_everything(cfg.run.seed)  # the same on every rank: LoRA initialization must agree
@@ -299,6 +320,8 @@ def setup_run(cfg: SFTConfig | RLConfig, kind: str) -> TrainContext:
     if cfg.model.gradient_checkpointing:
         adapter.model.activation_checkpointing_enable()
     adapter.model.train()
+    if use_fsdp:  # before the optimizer: it must hold the sharded parameters
+        shard_model(adapter, state, train=True)
 
     text = adapter.config.get_text_config()
     sp_attn = resolve_sp_attn(
@@ -336,6 +359,7 @@ def setup_run(cfg: SFTConfig | RLConfig, kind: str) -> TrainContext:
             )
         start_step = int(trainer_state["step"])
         restore_positions(data, trainer_state["data_positions"])
+        apply_optim_config(optimizer, scheduler, cfg.optim)  # a resumed run may change the optim section
 
     metrics = MetricsLogger(
         run_dir,
@@ -377,6 +401,11 @@ def setup_run(cfg: SFTConfig | RLConfig, kind: str) -> TrainContext:
         if isinstance(per_rank, list) and state.rank < len(per_rank):
             ctx.counts.update(per_rank[state.rank])
         ctx.problems = list(trainer_state.get("problems", []))
+        ctx.config_changes = list(trainer_state.get("config_changes", []))
+    ctx.config_changes += [change.to_dict(start_step) for change in changes]
+    if ctx.is_main:
+        for change in changes:
+            print(change.line(), flush=True)
     return ctx
 
 
@@ -435,19 +464,23 @@ def finish_run(ctx: TrainContext, final_metrics: dict[str, Any] | None = None) -
     summary = {
         "kind": ctx.kind,
         "steps": ctx.cfg.run.steps,
+        "fsdp": ctx.fsdp,
         "resumed_from": str(ctx.resumed_from) if ctx.resumed_from else None,
         "data": data_report,
         "bad_rows": ctx.load_report.num_skipped,
         "unreadable_videos": counts.get("unreadable_videos", 0),
         "counts": counts,
         "problems": ctx.problems,
+        "config_changes": ctx.config_changes,
         "final_metrics": final_metrics or {},
         "final_model": str(ctx.run_dir / FINAL_DIR),
     }
+    # A sharded policy is gathered to rank 0 (a collective) into a plain copy of the model.
+    full = _unsharded_copy(ctx) if ctx.fsdp else None
     if ctx.is_main:
-        model = ctx.model
+        model = ctx.model if full is None else full
         if ctx.lora_modules:
-            model = copy.deepcopy(model)
+            model = copy.deepcopy(model) if full is None else model
             merge_lora(model)
         save_model(
             model,
@@ -460,6 +493,29 @@ def finish_run(ctx: TrainContext, final_metrics: dict[str, Any] | None = None) -
     ctx.metrics.close()
     _barrier(ctx.state)
     return summary
+
+
+def _unsharded_copy(ctx: TrainContext) -> nn.Module | None:
+    """The sharded policy's weights in a plain model on rank 0's CPU (None elsewhere); a collective.
+
+    The plain model is built from the policy's config on the meta device (no memory, no disk read), with the
+    same LoRA layout, and takes the gathered tensors themselves (`assign`): every saved weight is the
+    trained one, in its training dtype. Non-persistent buffers stay on meta; saving never writes them.
+    """
+    import copy
+
+    from longrl.train.fsdp import full_state_dict
+    from longrl.train.lora import apply_lora
+
+    state = full_state_dict(ctx.model)
+    if not ctx.is_main:
+        return None
+    with torch.device("meta"):
+        model = ctx.adapter.hf_model_class()._from_config(ctx.model.config)
+    apply_lora(model, ctx.cfg.model.lora)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.generation_config = copy.deepcopy(ctx.model.generation_config)  # the folder's, not the default
+    return model
 
 
 def _write_json(path: Path, obj: Any) -> None:
