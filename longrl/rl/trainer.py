@@ -107,7 +107,20 @@ def build_grpo_setup(ctx: TrainContext) -> GRPOSetup:
     else:
         # An engine with its own copy of the weights starts from the base folder (a LoRA-wrapped policy has
         # adapter keys it cannot load), then gets the current policy: LoRA merged, or a resumed run's weights.
-        engine = engine_class(cfg.rollout.engine)(ctx.adapter, ctx.tokenizer, model_dir=cfg.model.path)
+        from longrl.rollout.vllm import rollout_max_model_len
+
+        r = cfg.rollout  # it shares the device with the trainer: its memory share and longest sequence
+        max_model_len = r.max_model_len or rollout_max_model_len(
+            ctx.adapter, ctx.tokenizer, ctx.data.examples, ctx.source, r.max_new_tokens
+        )
+        engine = engine_class(r.engine)(
+            ctx.adapter,
+            ctx.tokenizer,
+            model_dir=cfg.model.path,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=r.gpu_memory_utilization,
+            enforce_eager=r.enforce_eager,
+        )
         sync_engine(engine, ctx)
 
     def on_failed(example: Example, reason: str) -> None:

@@ -31,12 +31,19 @@ The engine runs vLLM in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0` unless 
 `update_weights` streams the trainer's tensors to the model through `collective_rpc("reload_weights")`
 without serializing them. vLLM is imported only when an engine is built; without it, a BackendError names
 the install (docs/vllm.md).
+
+Memory: the engine always shares its device with the policy it serves (the adapter encodes the videos), so
+on a GPU it takes COLOCATED_GPU_MEMORY_UTILIZATION of the memory unless told otherwise (vLLM's own default,
+0.92, leaves the trainer nothing); on CPU, where vLLM reads gpu_memory_utilization as a share of host RAM,
+it reserves a fixed CPU_KV_CACHE_BYTES KV cache instead. `rollout_max_model_len` bounds the longest
+sequence of a run (prompt with its video + response), the max_model_len a trainer passes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -58,7 +65,11 @@ from longrl.rollout.base import (
 from longrl.rollout.hf import eos_token_ids
 
 if TYPE_CHECKING:
+    from longrl.data.schema import Example
     from longrl.models.base import ModelAdapter
+    from longrl.rollout.prompts import VideoSource
+    from longrl.video.qwen_layout import QwenVideoConfig
+    from longrl.video.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +79,7 @@ INSTALL_HINT = (
 )
 _FINISH = {"stop": FINISH_STOP, "length": FINISH_LENGTH}
 CPU_KV_CACHE_BYTES = 2 << 30  # the KV cache vLLM reserves on CPU unless told otherwise
+COLOCATED_GPU_MEMORY_UTILIZATION = 0.5  # vLLM's share of a GPU it shares with the trainer (as verl's default)
 
 
 def import_vllm() -> Any:
@@ -137,6 +149,67 @@ def collapse_video_pads(ids: Sequence[int], video_token_id: int, video_sizes: Se
     return out
 
 
+def video_token_bound(sampling: SamplingConfig, video_config: QwenVideoConfig) -> int:
+    """The most video-pad tokens one video can take under `sampling`, whatever its length and frame size.
+
+    The maximum over every frame count the sampling rule can produce (1 up to num_frames rounded up to the
+    frame multiple, or up to max_frames: short videos give fewer, larger frames under total_pixels) of
+    temporal patches x `frame_token_bound` of that count's per-frame pixel cap.
+    """
+    from longrl.video.qwen_layout import frame_pixel_cap
+
+    multiple = sampling.frame_multiple
+    most = sampling.max_frames if sampling.num_frames is None else sampling.num_frames
+    most = math.ceil(most / multiple) * multiple
+    return max(
+        math.ceil(frames / video_config.temporal_patch_size)
+        * frame_token_bound(frame_pixel_cap(frames, video_config), video_config)
+        for frames in range(1, most + 1)
+    )
+
+
+def frame_token_bound(max_pixels: int, video_config: QwenVideoConfig) -> int:
+    """The most merged tokens (units of factor**2 pixels) `smart_resize` can give one frame, for any frame
+    size with an aspect ratio up to MAX_ASPECT_RATIO (a, 200), with M = min_pixels / factor**2:
+
+    - rounded, or scaled down to fit: at most max_pixels;
+    - scaled down with the short side clamped up to one factor: at most factor * sqrt(max_pixels * a);
+    - scaled up to min_pixels, each side rounded up: at most (x + 1)(M / x + 1) units, x >= sqrt(M / a) the
+      short side in factors, i.e. M + sqrt(M / a) + sqrt(M * a) + 1.
+    The last two exceed max_pixels only for very elongated frames or a budget near min_pixels.
+    """
+    from longrl.video.qwen_layout import MAX_ASPECT_RATIO
+
+    unit = video_config.factor
+    small = video_config.min_pixels / unit**2
+    fitted = max_pixels / unit**2
+    thin = math.sqrt(max_pixels * MAX_ASPECT_RATIO) / unit
+    upscaled = small + math.sqrt(small / MAX_ASPECT_RATIO) + math.sqrt(small * MAX_ASPECT_RATIO) + 1
+    return math.floor(max(fitted, thin, upscaled))
+
+
+def rollout_max_model_len(
+    adapter: ModelAdapter,
+    tokenizer,
+    examples: Sequence[Example],
+    source: VideoSource,
+    max_new_tokens: int,
+) -> int:
+    """A max_model_len that fits every rollout of a run: the longest prompt any of `examples` can make (its
+    text, bounded by its UTF-8 byte count, plus the template and `video_token_bound`) + max_new_tokens,
+    capped at the model's max_position_embeddings. An upper bound: vLLM sizes its KV cache check and its
+    batches by it, not the memory it uses."""
+    from longrl.models.prompt import build_prompt_ids, format_question
+
+    template = len(build_prompt_ids(tokenizer, "", None)) + 2  # + the vision start / end tokens
+    # Byte-level BPE (Qwen's) never makes more tokens than the text has bytes.
+    text = max((len(format_question(ex.question, ex.options or None).encode()) for ex in examples), default=0)
+    wanted = template + text + video_token_bound(source.sampling, source.video_config) + max_new_tokens
+    config = adapter.model.config
+    limit = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+    return min(wanted, int(limit)) if limit else wanted
+
+
 class VLLMEngine:
     """Rollouts from a vLLM copy of the policy (weights are pushed with `update_weights`).
 
@@ -146,10 +219,17 @@ class VLLMEngine:
     eos_ids: ids that end a response (default: the model's generation-config eos ids, as `HFEngine`).
     seed: vLLM's global seed. enable_sleep_mode: None = when the platform supports it (CUDA); sleep_level:
     what `sleep` releases (1: weights offloaded to host memory and KV cache dropped; 2: both dropped, so
-    `update_weights` must follow `wake`). llm_kwargs: passed to `vllm.LLM` (max_model_len,
-    gpu_memory_utilization, kv_cache_memory_bytes, tensor_parallel_size, enforce_eager, ...); on CPU the KV
-    cache defaults to CPU_KV_CACHE_BYTES. Raises BackendError without vLLM or when vLLM refuses the settings,
-    ModelError for a folder that is not a video model.
+    `update_weights` must follow `wake`).
+    gpu_memory_utilization: vLLM's share of the GPU, weights and KV cache (None: 0.5 on a GPU, which the
+    policy shares; on CPU a fixed CPU_KV_CACHE_BYTES KV cache, since there vLLM reads it as a share of host
+    RAM). max_model_len: the longest prompt + response vLLM accepts (None: the model's limit; a trainer
+    passes `rollout_max_model_len`). enforce_eager: no CUDA graphs / torch.compile (None: on CPU only,
+    where compiling costs more start-up time than short rollouts win back).
+    llm_kwargs: passed to `vllm.LLM` (kv_cache_memory_bytes, tensor_parallel_size, max_num_seqs, ...).
+    On CPU, chunked prefill is off unless llm_kwargs turn it on: vLLM's CPU worker crashes on a seeded
+    request whose prefill is split over steps ("CPU Generator does not use offset"), which happens as soon
+    as a batch's prompts exceed max_num_batched_tokens. Raises BackendError without vLLM or when vLLM
+    refuses the settings, ModelError for a folder that is not a video model.
     """
 
     name = "vllm"
@@ -165,6 +245,9 @@ class VLLMEngine:
         seed: int = 0,
         enable_sleep_mode: bool | None = None,
         sleep_level: int = 1,
+        gpu_memory_utilization: float | None = None,
+        max_model_len: int | None = None,
+        enforce_eager: bool | None = None,
         **llm_kwargs: Any,
     ) -> None:
         vllm = import_vllm()
@@ -182,6 +265,12 @@ class VLLMEngine:
             config = _read_config(folder)
             if dtype is None:
                 dtype = adapter.dtype if adapter is not None else "auto"
+            named = {
+                "gpu_memory_utilization": gpu_memory_utilization,
+                "max_model_len": max_model_len,
+                "enforce_eager": enforce_eager,
+            }
+            llm_kwargs = {**llm_kwargs, **{k: v for k, v in named.items() if v is not None}}
             self.llm, self.sleep_enabled = _start_llm(
                 vllm, folder, dtype, seed, enable_sleep_mode, llm_kwargs
             )
@@ -190,6 +279,7 @@ class VLLMEngine:
             raise
         self._vllm = vllm
         self.model_dir = folder
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.tokenizer = tokenizer if tokenizer is not None else self.llm.get_tokenizer()
         self.video_token_id = int(config["video_token_id"])
         self.merge_size = int(config.get("vision_config", {}).get("spatial_merge_size", 2))
@@ -214,7 +304,14 @@ class VLLMEngine:
         prompts = self._prompts(batch)
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**31, (1,)).item())
         sampling = [self._sampling_params(params, seed + i * params.n) for i in range(len(prompts))]
-        outputs = self.llm.generate([p for _, p in prompts], sampling, use_tqdm=False)
+        try:
+            outputs = self.llm.generate([p for _, p in prompts], sampling, use_tqdm=False)
+        except _request_errors() as err:  # vLLM refused a request: e.g. a prompt > max_model_len
+            message = " ".join(str(err).split())
+            raise BackendError(
+                f"vLLM refused the rollout prompts: {message} (the engine's max_model_len is "
+                f"{self.max_model_len}; in training: rollout.max_model_len)"
+            ) from None
         results: list[RolloutResult] = []
         for prompt_index, ((ids, _), output) in enumerate(zip(prompts, outputs, strict=True)):
             if list(output.prompt_token_ids) != ids:  # vLLM expanded the placeholders differently
@@ -377,12 +474,16 @@ def _start_llm(
         dtype = str(dtype).removeprefix("torch.")
     if enable_sleep_mode is None:
         enable_sleep_mode = bool(current_platform.is_sleep_mode_available())
-    if current_platform.is_cpu() and not {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(
-        llm_kwargs
-    ):
-        # On CPU gpu_memory_utilization is a share of host RAM (default 92%), more than a machine running
-        # the trainer too can give; reserve a fixed KV cache instead.
-        llm_kwargs = {**llm_kwargs, "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+    memory_given = bool({"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(llm_kwargs))
+    if current_platform.is_cpu():
+        defaults: dict[str, Any] = {"enforce_eager": True, "enable_chunked_prefill": False}
+        if not memory_given:
+            # gpu_memory_utilization is a share of host RAM here (default 92%), more than a machine running
+            # the trainer too can give; reserve a fixed KV cache instead.
+            defaults["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    else:
+        defaults = {} if memory_given else {"gpu_memory_utilization": COLOCATED_GPU_MEMORY_UTILIZATION}
+    llm_kwargs = {**defaults, **llm_kwargs}
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     try:
         llm = vllm.LLM(
@@ -398,6 +499,15 @@ def _start_llm(
         message = " ".join(str(err).split())
         raise BackendError(f"vLLM cannot start on {folder}: {message}") from None
     return llm, enable_sleep_mode
+
+
+def _request_errors() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it refuses: ValueError, or in recent versions VLLMClientError."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:
+        return (ValueError,)
+    return (ValueError, VLLMClientError)
 
 
 def _read_config(folder: Path) -> dict:

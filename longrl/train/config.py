@@ -222,6 +222,9 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 256
     prompt_batch_size: int | None = None
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    enforce_eager: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.engine, str) or not self.engine:
@@ -235,6 +238,23 @@ class RolloutConfig:
         _check_int("rollout.max_new_tokens", self.max_new_tokens, 1)
         if self.prompt_batch_size is not None:
             _check_int("rollout.prompt_batch_size", self.prompt_batch_size, 1)
+        if self.gpu_memory_utilization is not None:
+            _check_number(
+                "rollout.gpu_memory_utilization", self.gpu_memory_utilization, low=0.0, low_open=True
+            )
+            if self.gpu_memory_utilization > 1:
+                raise ConfigError(
+                    f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+                )
+        if self.max_model_len is not None:
+            _check_int("rollout.max_model_len", self.max_model_len, 1)
+            if self.max_model_len <= self.max_new_tokens:
+                raise ConfigError(
+                    f"rollout.max_model_len ({self.max_model_len}) must exceed rollout.max_new_tokens "
+                    f"({self.max_new_tokens}): it holds the prompt, video included, and the response"
+                )
+        if self.enforce_eager is not None and not isinstance(self.enforce_eager, bool):
+            raise ConfigError(f"rollout.enforce_eager must be true or false, got {self.enforce_eager!r}")
 
 
 @dataclass

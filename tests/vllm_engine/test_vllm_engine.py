@@ -27,7 +27,7 @@ from tiny_model import prompt_batch, random_videos, tiny_model
 
 import longrl.models as M
 from longrl import ops
-from longrl.errors import ModelError
+from longrl.errors import BackendError, ModelError
 from longrl.rollout import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -64,6 +64,14 @@ def _batch(adapter, tok, grids, seconds) -> RolloutBatch:
     with torch.no_grad():
         embeds = adapter.encode_video(pixels, grid)
     return RolloutBatch(ids, mask, embeds, grid, seconds)
+
+
+def _random_batch(adapter, tok, grids, seconds) -> RolloutBatch:
+    """Like `_batch` with random embeddings in place of the vision tower's (seconds of CPU for big grids)."""
+    ids, mask = prompt_batch(tok, grids, "left")
+    hidden = adapter.model.config.text_config.hidden_size
+    embeds = [torch.randn(t * h * w // 4, hidden) for t, h, w in grids]
+    return RolloutBatch(ids, mask, embeds, torch.tensor(grids), seconds)
 
 
 @torch.no_grad()
@@ -207,6 +215,25 @@ def test_long_video_positions_match_trainer(setup):
     batch = _batch(adapter, tok, [(8, 4, 4)], torch.tensor([1.0]))
     params = SamplingParams(n=1, max_new_tokens=6, greedy=True)
     assert max_logprob_error(adapter, batch, engine.generate(batch, params), params) <= ATOL
+
+
+def test_prompts_beyond_one_batch_budget(setup):
+    """Prompts whose total (n samples each) exceeds vLLM's per-step token budget (4096 here): vLLM splits
+    such a batch over steps. With chunked prefill on, a seeded request prefilled over two steps crashes
+    vLLM's CPU worker ("CPU Generator does not use offset"); the engine turns it off on CPU."""
+    _, adapter, tok, _, engine = setup
+    batch = _random_batch(adapter, tok, [(16, 16, 16)] * 4, torch.tensor([1.0, 0.5, 2.0, 1.0]))  # 4 x 1024
+    assert sum(len(ids) for ids in batch.prompt_ids()) > 4096  # (with 3 such prompts vLLM did not crash)
+    params = SamplingParams(n=1, max_new_tokens=4, temperature=1.0, seed=11)
+    assert max_logprob_error(adapter, batch, engine.generate(batch, params), params) <= ATOL
+
+
+def test_a_prompt_longer_than_max_model_len_is_one_clear_error(setup):
+    _, adapter, tok, _, engine = setup
+    batch = _random_batch(adapter, tok, [(8, 32, 32)], torch.tensor([1.0]))  # 2048 tokens > max_model_len
+    with pytest.raises(BackendError, match="max_model_len is 2048") as info:
+        engine.generate(batch, SamplingParams(max_new_tokens=4, greedy=True))
+    assert "\n" not in str(info.value)
 
 
 def test_weight_update_reaches_the_engine(setup):
