@@ -230,6 +230,12 @@ def rl(
         typer.Option("--dynamic-sampling/--no-dynamic-sampling", help="Drop zero-variance groups and refill."),
     ] = None,
     reward: Annotated[str | None, typer.Option(help="Custom reward as module:function (reward.custom).")] = None,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(help="vLLM's share of the GPU it shares with the trainer (default: 0.5).")
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="vLLM's longest prompt + response (default: from the data and frames).")
+    ] = None,
     frames: Frames = None, fps: Fps = None, sp: SP = None, sp_attn: SPAttn = None, nproc: NProc = None,
     nnodes: NNodes = None, node_rank: NodeRank = None, rdzv_endpoint: Rdzv = None, rdzv_id: RdzvId = None,
     on_bad_row: OnBadRow = None, embed_cache_dir: EmbedCache = None, video_backend: VideoBackend = None,
@@ -254,6 +260,7 @@ def rl(
         "algo.kl_coef": kl_coef, "algo.kl_estimator": kl_estimator, "algo.clip_low": clip_low,
         "algo.clip_high": clip_high, "algo.ppo_epochs": ppo_epochs, "algo.agg_mode": agg_mode,
         "algo.dynamic_sampling": dynamic_sampling, "reward.custom": reward,
-        "algo.micro_batch_size": micro_batch_size,
+        "algo.micro_batch_size": micro_batch_size, "rollout.gpu_memory_utilization": gpu_memory_utilization,
+        "rollout.max_model_len": max_model_len,
     }  # fmt: skip
     launch(build_config(RLConfig, config, set_, flags), "rl")

@@ -80,6 +80,14 @@ def test_bad_configs_exit_2_with_one_line(setup, tmp_path, capsys):
     assert_one_line(cli(capsys, "train", "rl", "--set", "algo.clip_low=2"), "algo.clip_low must be < 1")
     assert_one_line(cli(capsys, "train", "sft", "--set", "optim.lr"), "expected KEY=VALUE")
     assert_one_line(
+        cli(capsys, "train", "rl", "--gpu-memory-utilization", "1.5"),
+        "rollout.gpu_memory_utilization must be in (0, 1], got 1.5",
+    )
+    assert_one_line(
+        cli(capsys, "train", "rl", "--max-model-len", "100", "--max-new-tokens", "200"),
+        "rollout.max_model_len (100) must exceed rollout.max_new_tokens (200)",
+    )
+    assert_one_line(
         cli(capsys, "train", "sft", "--model", str(tmp_path / "nope"), "--data", data),
         "model folder",
         "does not exist",
