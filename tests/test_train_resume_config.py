@@ -109,3 +109,26 @@ def test_paths_compare_by_file_and_launch_settings_are_not_compared(setup, tmp_p
     assert config_changes(saved, current) == []
     current["run"]["seed"] = 3
     assert [(c.key, c.old, c.new) for c in config_changes(saved, current)] == [("run.seed", 0, 3)]
+    # How the processes were started (--nproc 8, or torchrun itself; 2 nodes x 4 or 1 x 8) is not compared:
+    # load_checkpoint checks the world size, which is what a checkpoint depends on.
+    launch = {"parallel": {"nproc": 8, "nnodes": 1, "sp": 4}}
+    assert config_changes(launch, {"parallel": {"nproc": 1, "nnodes": 2, "sp": 4}}) == []
+
+
+def test_a_resume_compares_with_the_config_the_checkpoint_was_written_under(setup, tmp_path, capsys):
+    """config.yaml is rewritten at every start; a start that changed lr and died before its next checkpoint
+    must not make the next resume forget that lr differs from the checkpoint's."""
+    out = tmp_path / "run"
+    run_sft(sft_config(setup, out, {"run.steps": 2, "run.save_every": 2}))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved["optim"]["lr"] = 5e-4  # what the dead start wrote
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    resumed = {"run.steps": 3, "run.save_every": 2, "optim.lr": 5e-4, "run.resume": "auto"}
+    summary = run_sft(sft_config(setup, out, resumed))
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resume:")]
+    assert printed == ["resume: optim.lr 0.001 -> 0.0005", "resume: run.steps 2 -> 3"]
+    assert [(c["key"], c["old"], c["new"]) for c in summary["config_changes"]] == [
+        ("optim.lr", 1e-3, 5e-4),
+        ("run.steps", 2, 3),
+    ]

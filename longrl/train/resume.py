@@ -1,7 +1,8 @@
 """What a resumed run may change in its config, and what it may not (`--resume`).
 
-The run folder's config.yaml (the effective config of the run that wrote the checkpoint) is compared key by
-key with the new one:
+The effective config the checkpoint was written under (kept in its trainer_state.json; for checkpoints
+without one, the run folder's config.yaml, which every start rewrites) is compared key by key with the new
+one:
 - FIXED keys make continuing meaningless or impossible (another model or LoRA layout, other data or data
   order, another seed, another process layout or sharding, another advantage estimator): any change is
   refused with one ConfigError line naming the key and both values;
@@ -15,6 +16,7 @@ key with the new one:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,12 +30,14 @@ from longrl.errors import ConfigError
 # A key is fixed when it equals one of these or lies under one ("model.lora" covers model.lora.rank, ...).
 FIXED_KEYS = (
     "model.path", "model.dtype", "model.train_vision", "model.lora", "data.train", "data.shuffle", "run.seed",
-    "parallel.nproc", "parallel.nnodes", "parallel.sp", "algo.advantage",
+    "parallel.sp", "algo.advantage",
 )  # fmt: skip
 # parallel.fsdp is checked on what it resolved to ("auto" may mean either): the checkpoint records whether
-# it was sharded and `load_checkpoint` refuses the other setting.
-LAUNCH_KEYS = ("run.out", "run.resume", "run.progress", "parallel.node_rank", "parallel.rdzv_endpoint",
-               "parallel.rdzv_id", "parallel.fsdp")  # fmt: skip
+# it was sharded and `load_checkpoint` refuses the other setting. nproc and nnodes are how the processes
+# were started (`--nproc 8`, or torchrun itself with nproc 1; 2 nodes x 4 or 1 x 8): `load_checkpoint`
+# checks what matters, the world size.
+LAUNCH_KEYS = ("run.out", "run.resume", "run.progress", "parallel.nproc", "parallel.nnodes",
+               "parallel.node_rank", "parallel.rdzv_endpoint", "parallel.rdzv_id", "parallel.fsdp")  # fmt: skip
 # Paths compare by the file they name, so `runs/x/../data.jsonl` and an absolute path to it are equal.
 PATH_KEYS = ("model.path", "data.train", "data.video_root")
 
@@ -91,11 +95,27 @@ def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list
     ]
 
 
-def check_resume_config(saved_file: Path, current: Mapping[str, Any]) -> list[ConfigChange]:
-    """Compare the saved effective config (a YAML file; nothing to compare when it does not exist) with the
-    new one (`config_to_dict` of the new config). Raises ConfigError (one line, every fixed key that
+def _checkpoint_config(checkpoint: Path) -> Mapping[str, Any] | None:
+    """The config saved inside the checkpoint (trainer_state.json "config"), None when it has none."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None  # load_checkpoint reports an unreadable checkpoint with its own message
+    saved = state.get("config") if isinstance(state, Mapping) else None
+    return saved if isinstance(saved, Mapping) else None
+
+
+def check_resume_config(
+    checkpoint: Path, current: Mapping[str, Any], saved_file: Path | None = None
+) -> list[ConfigChange]:
+    """Compare the config `checkpoint` was written under with the new one (`config_to_dict` of the new
+    config). The checkpoint's own copy is used when it has one, else `saved_file` (the run's config.yaml;
+    nothing to compare when it does not exist either). Raises ConfigError (one line, every fixed key that
     changed, with both values) when a FIXED key differs; returns the allowed changes."""
-    if not saved_file.is_file():
+    saved = _checkpoint_config(checkpoint)
+    if saved is not None:
+        return _check(saved, current, checkpoint)
+    if saved_file is None or not saved_file.is_file():
         return []
     try:
         saved = yaml.safe_load(saved_file.read_text())
@@ -104,12 +124,16 @@ def check_resume_config(saved_file: Path, current: Mapping[str, Any]) -> list[Co
         raise ConfigError(f"cannot read {saved_file} to check the resumed config ({reason})") from None
     if not isinstance(saved, Mapping):
         raise ConfigError(f"{saved_file} is not a config mapping; cannot check the resumed config")
+    return _check(saved, current, saved_file.parent)
+
+
+def _check(saved: Mapping[str, Any], current: Mapping[str, Any], run: Path) -> list[ConfigChange]:
     changes = config_changes(saved, current)
     fixed = [c for c in changes if _covered(c.key, FIXED_KEYS)]
     if fixed:
         what = "; ".join(f"{c.key} {_show(c.old)} -> {_show(c.new)}" for c in fixed)
         raise ConfigError(
-            f"cannot resume the run of {saved_file.parent} with a different {what}: the checkpoint would not "
+            f"cannot resume {run} with a different {what}: the checkpoint would not "
             "continue the same run; keep the saved value or start a new --out folder"
         )
     return changes

@@ -134,6 +134,7 @@ class TrainContext:
         """Checkpoint after optimizer step `step` (a collective): model, optimizer, scheduler, every rank's
         RNG and data position, the problem counts, plus `extra` (JSON-able)."""
         from longrl.train.checkpoint import save_checkpoint
+        from longrl.train.config_io import config_to_dict
         from longrl.train.data import gather_positions
 
         trainer_state = {
@@ -143,6 +144,7 @@ class TrainContext:
             "counts": _gather_counts(self.counts, self.state),
             "problems": self.problems,
             "config_changes": self.config_changes,
+            "config": config_to_dict(self.cfg),  # what a resume from this checkpoint compares against
             **(extra or {}),
         }
         return save_checkpoint(
@@ -295,7 +297,9 @@ def setup_run(cfg: SFTConfig | RLConfig, kind: str) -> TrainContext:
     resume_from = resolve_resume(run_dir, cfg.run.resume)
     changes = []
     if resume_from is not None:  # the config of the run that wrote the checkpoint
-        changes = check_resume_config(resume_from.parent.parent / CONFIG_FILE, config_to_dict(cfg))
+        changes = check_resume_config(
+            resume_from, config_to_dict(cfg), saved_file=resume_from.parent.parent / CONFIG_FILE
+        )
     _barrier(state)  # every rank has looked at the folder before rank 0 writes into it
 
     seed_everything(cfg.run.seed)  # the same on every rank: LoRA initialization must agree
