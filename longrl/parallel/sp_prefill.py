@@ -209,6 +209,12 @@ def sync_gradients(
         return
     if isinstance(params, nn.Module):
         params = params.parameters()
+    params = list(params)
+    if dp_reduce == "mean" and state.dp_size > 1 and any(isinstance(p, DTensor) for p in params):
+        # FSDP summed the sharded gradients over dp; averaging only the others would mix two scales.
+        raise ValueError(
+            "dp_reduce='mean' with FSDP-sharded parameters: normalize the loss globally, use 'sum'"
+        )
     params = [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
     for p in params:
         if p.grad is None:

@@ -120,6 +120,9 @@ def build_grpo_setup(ctx: TrainContext) -> GRPOSetup:
             max_model_len=max_model_len,
             gpu_memory_utilization=r.gpu_memory_utilization,
             enforce_eager=r.enforce_eager,
+            # On GPU the policy keeps float32 masters under bf16 autocast: the engine samples in bf16 (half
+            # the memory of its share, and vLLM's fast attention), the trainer's logprobs correct via TIS.
+            dtype=torch.bfloat16 if ctx.device.type == "cuda" else None,
         )
         sync_engine(engine, ctx)
 
