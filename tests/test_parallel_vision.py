@@ -108,12 +108,14 @@ def _worker(model, cases, grad_case, video_path, disk_dir):
         adapter.set_vision_trainable(False)
         out[(sp, "grads")] = grads
 
-        # A real file through decode + preprocess + sharded tower, with a disk tier shared by all ranks:
-        # first call encodes (every rank writes the same file atomically), a fresh store reads it back.
+        # A real file through decode + preprocess + sharded tower, with a disk tier shared by the ranks of
+        # the sp group: first call encodes (every rank writes the same file atomically), a fresh store reads
+        # it back. One folder per sp group: with sp 2 the other group may write the same file first, and
+        # this group's first call would then be a disk hit.
         file_out = []
         for _ in range(2):
             disk_store = EmbeddingStore.for_adapter(
-                adapter, capacity_bytes=1 << 24, disk_dir=f"{disk_dir}/{sp}"
+                adapter, capacity_bytes=1 << 24, disk_dir=f"{disk_dir}/{sp}/{state.dp_rank}"
             )
             calls.update(tower=0, load=0)
             with torch.no_grad():
