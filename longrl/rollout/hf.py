@@ -162,20 +162,23 @@ class HFEngine:
         self.prompt_batch_size = prompt_batch_size
 
     # ---- engine interface ------------------------------------------------------------------------------------
+    def batch_inputs(self, batch: RolloutBatch) -> MultimodalInputs:
+        """The batch's model inputs: its prebuilt ones, or built from its ids and cached video embeddings."""
+        if batch.inputs is not None:
+            return batch.inputs
+        return self.adapter.build_inputs(
+            batch.input_ids,
+            batch.attention_mask,
+            list(batch.video_embeds),
+            batch.video_grid_thw,
+            batch.second_per_grid_ts,
+        )
+
     @torch.no_grad()
     def generate(self, batch: RolloutBatch, params: SamplingParams) -> list[RolloutResult]:
         """len(batch) * params.n results, prompt-major (see `RolloutEngine.generate`)."""
         adapter = self.adapter
-        inputs = batch.inputs
-        if inputs is None:
-            inputs = adapter.build_inputs(
-                batch.input_ids,
-                batch.attention_mask,
-                list(batch.video_embeds),
-                batch.video_grid_thw,
-                batch.second_per_grid_ts,
-            )
-        inputs = to_left_padding(inputs)
+        inputs = to_left_padding(self.batch_inputs(batch))
         deltas = rope_deltas_of(inputs)
         generator = _generator(params.seed, adapter.device)
         stop = () if params.ignore_eos else (*self.eos_ids, *params.stop_token_ids)

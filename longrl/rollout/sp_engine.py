@@ -69,15 +69,7 @@ class SPHFEngine(HFEngine):
     def generate(self, batch: RolloutBatch, params: SamplingParams) -> list[RolloutResult]:
         """len(batch) * params.n results, prompt-major (see `RolloutEngine.generate`)."""
         adapter = self.adapter
-        inputs = batch.inputs
-        if inputs is None:
-            inputs = adapter.build_inputs(
-                batch.input_ids,
-                batch.attention_mask,
-                list(batch.video_embeds),
-                batch.video_grid_thw,
-                batch.second_per_grid_ts,
-            )
+        inputs = self.batch_inputs(batch)
         deltas = rope_deltas_of(inputs)
         generator = torch.Generator(device=adapter.device)
         generator.manual_seed(self._agreed_seed(params.seed))
