@@ -51,3 +51,16 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_cli_here(capsys, *args: str) -> tuple[int, str]:
+    """Run `longrl ARGS...` in this process through the console entry point (faster than `run_cli`):
+    (exit code, stderr). capsys: pytest's fixture, emptied first."""
+    from longrl.cli.app import main
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", ["longrl", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    return exit_info.value.code, capsys.readouterr().err

@@ -10,7 +10,7 @@ from longrl.cli.train import build_config, parse_sets
 
 from longrl.errors import ConfigError
 from longrl.train.config import RLConfig, SFTConfig
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_cli_here
 from tests.train_fixtures import make_train_setup, write_rows
 
 
@@ -45,18 +45,6 @@ def test_set_needs_key_equals_value():
         parse_sets(["optim.lr"])
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    """Run `longrl ARGS` in this process through the console entry point: (exit code, stderr)."""
-    from longrl.cli.app import main
-
-    capsys.readouterr()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("sys.argv", ["longrl", *args])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-    return exit_info.value.code, capsys.readouterr().err
-
-
 def assert_one_line(code_and_err: tuple[int, str], *needles: str) -> None:
     code, err = code_and_err
     assert code == 2, err
@@ -76,38 +64,40 @@ def test_bad_configs_exit_2_with_one_line(setup, tmp_path, capsys):
         "run.yaml: unknown key 'optim.lrr'",
         "did you mean 'optim.lr'",
     )
-    assert_one_line(cli(capsys, "train", "sft", "--frames", "0"), "data.frames must be >= 1")
-    assert_one_line(cli(capsys, "train", "rl", "--set", "algo.clip_low=2"), "algo.clip_low must be < 1")
-    assert_one_line(cli(capsys, "train", "sft", "--set", "optim.lr"), "expected KEY=VALUE")
+    assert_one_line(run_cli_here(capsys, "train", "sft", "--frames", "0"), "data.frames must be >= 1")
     assert_one_line(
-        cli(capsys, "train", "rl", "--gpu-memory-utilization", "1.5"),
+        run_cli_here(capsys, "train", "rl", "--set", "algo.clip_low=2"), "algo.clip_low must be < 1"
+    )
+    assert_one_line(run_cli_here(capsys, "train", "sft", "--set", "optim.lr"), "expected KEY=VALUE")
+    assert_one_line(
+        run_cli_here(capsys, "train", "rl", "--gpu-memory-utilization", "1.5"),
         "rollout.gpu_memory_utilization must be in (0, 1], got 1.5",
     )
     assert_one_line(
-        cli(capsys, "train", "rl", "--max-model-len", "100", "--max-new-tokens", "200"),
+        run_cli_here(capsys, "train", "rl", "--max-model-len", "100", "--max-new-tokens", "200"),
         "rollout.max_model_len (100) must exceed rollout.max_new_tokens (200)",
     )
     assert_one_line(
-        cli(capsys, "train", "sft", "--model", str(tmp_path / "nope"), "--data", data),
+        run_cli_here(capsys, "train", "sft", "--model", str(tmp_path / "nope"), "--data", data),
         "model folder",
         "does not exist",
     )
     assert_one_line(
-        cli(capsys, "train", "sft", "--model", model, "--data", str(tmp_path / "none.jsonl")),
+        run_cli_here(capsys, "train", "sft", "--model", model, "--data", str(tmp_path / "none.jsonl")),
         "none.jsonl not found",
     )
     assert_one_line(
-        cli(capsys, "train", "rl", "--model", model, "--data", data, "--video-root", root, "--nproc", "2",
+        run_cli_here(capsys, "train", "rl", "--model", model, "--data", data, "--video-root", root, "--nproc", "2",
             "--sp", "3"),
         "parallel.sp (3) must divide the world size",
     )  # fmt: skip
     assert_one_line(
-        cli(capsys, "train", "sft", "--model", model, "--data", data, "--video-root", root, "--nnodes", "2",
+        run_cli_here(capsys, "train", "sft", "--model", model, "--data", data, "--video-root", root, "--nnodes", "2",
             "--rdzv-endpoint", "localhost:29400"),
         "start it with torchrun on every node",
     )  # fmt: skip
     assert_one_line(
-        cli(capsys, "train", "sft", "--model", model, "--data", data, "--video-root", root, "--sp", "2",
+        run_cli_here(capsys, "train", "sft", "--model", model, "--data", data, "--video-root", root, "--sp", "2",
             "--device", "cpu", "--out", str(tmp_path / "r")),
         "--sp 2 needs 2 processes",
     )  # fmt: skip
@@ -152,4 +142,4 @@ def test_a_small_run_writes_the_run_folder(setup, tmp_path, capsys):
     assert (out / "final" / "model.safetensors").is_file()
     assert "unreadable videos skipped: 0" in result.stdout
     # The same command again must not reuse the folder.
-    assert_one_line(cli(capsys, *args), "is not empty", "--resume auto")
+    assert_one_line(run_cli_here(capsys, *args), "is not empty", "--resume auto")

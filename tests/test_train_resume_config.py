@@ -17,6 +17,7 @@ import yaml
 from longrl.errors import ConfigError
 from longrl.sft.trainer import run_sft
 from longrl.train.resume import config_changes
+from tests.helpers import run_cli_here
 from tests.train_fixtures import make_train_setup, sft_config
 
 
@@ -65,24 +66,12 @@ def test_allowed_changes_are_applied_printed_and_recorded(setup, tmp_path, capsy
     assert json.loads((out / "summary.json").read_text())["config_changes"] == summary["config_changes"]
 
 
-def _cli(capsys, *args: str) -> tuple[int, str]:
-    """`longrl ARGS` in this process through the console entry point: (exit code, stderr)."""
-    from longrl.cli.app import main
-
-    capsys.readouterr()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("sys.argv", ["longrl", *args])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-    return exit_info.value.code, capsys.readouterr().err
-
-
 def test_changes_that_break_the_continuation_are_refused_in_one_line(setup, tmp_path, capsys):
     out = tmp_path / "run"
     run_sft(sft_config(setup, out, {"run.steps": 2, "run.save_every": 2}))
     before = _snapshot(out)
 
-    code, err = _cli(
+    code, err = run_cli_here(
         capsys, "train", "sft", "--model", str(setup["model"]), "--data", str(setup["data"]),
         "--video-root", str(setup["video_root"]), "--out", str(out), "--resume", "auto", "--seed", "1",
         "--device", "cpu", "--steps", "4",
