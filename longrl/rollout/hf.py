@@ -23,7 +23,7 @@ gradient checkpointing in training mode) and every module's mode is restored aft
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -236,7 +236,6 @@ class HFEngine:
         first_prompt: int,
     ) -> list[RolloutResult]:
         adapter, n, steps = self.adapter, params.n, params.max_new_tokens
-        device = inputs.attention_mask.device
         cache = adapter.new_kv_cache()
         hidden = adapter.forward(
             inputs.inputs_embeds, inputs.position_ids, inputs.attention_mask, past_key_values=cache
@@ -247,15 +246,50 @@ class HFEngine:
             logits = logits.repeat_interleave(n, dim=0)
         prompt_mask = inputs.attention_mask.repeat_interleave(n, dim=0)
         deltas = inputs.rope_deltas.repeat_interleave(n, dim=0)
-        total = prompt_mask.shape[0]
 
+        def next_logits(active: torch.Tensor, tok: torch.Tensor, step: int) -> torch.Tensor:
+            mask = torch.cat([prompt_mask[active], prompt_mask.new_ones(active.numel(), step + 1)], dim=1)
+            positions = adapter.decode_position_ids(mask, deltas[active], 1)
+            hidden = adapter.forward(
+                adapter.embed_tokens(tok[:, None]), positions, mask, past_key_values=cache
+            )
+            return self._logits(hidden[:, -1])
+
+        decoded = self._decode(
+            logits,
+            steps,
+            lambda scores: sample_tokens(scores, params, generator),
+            stop_ids,
+            cache.batch_select_indices,
+            next_logits,
+        )
+        return self._results(*decoded, n, first_prompt)
+
+    @staticmethod
+    def _decode(
+        logits: torch.Tensor,
+        steps: int,
+        sample: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        stop_ids: torch.Tensor,
+        keep_rows: Callable[[torch.Tensor], None],
+        next_logits: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[bool]]:
+        """The decoding loop of the engines: sample, record, retire rows that hit a stop token, feed the rest.
+
+        logits: [N, V] logits of each row's first response token. sample(logits [k, V]) -> (tokens [k] int64,
+        logprobs [k] float32). keep_rows(keep [k] int64): drop the cache rows not in `keep` (indices among
+        the rows still decoding). next_logits(active [k], tokens [k], step) -> [k, V]: feed the sampled
+        tokens as response token `step` of the rows `active` (indices into the N rows). Returns (tokens
+        [N, steps] int64, logprobs [N, steps] float32, on CPU; each row's length; whether it stopped).
+        """
+        total, device = logits.shape[0], logits.device
         tokens = torch.zeros((total, steps), dtype=torch.long, device=device)
         logprobs = torch.zeros((total, steps), dtype=torch.float32, device=device)
         lengths = torch.full((total,), steps, dtype=torch.long, device=device)
         stopped = torch.zeros(total, dtype=torch.bool, device=device)
-        active = torch.arange(total, device=device)  # sample row of each cache row still decoding
+        active = torch.arange(total, device=device)  # the row of each cache row still decoding
         for step in range(steps):
-            tok, logp = sample_tokens(logits, params, generator)
+            tok, logp = sample(logits)
             tokens[active, step] = tok
             logprobs[active, step] = logp
             hit = torch.isin(tok, stop_ids)
@@ -269,17 +303,10 @@ class HFEngine:
                 keep = (~hit).nonzero().squeeze(1)
                 if keep.numel() == 0:
                     break
-                cache.batch_select_indices(keep)
+                keep_rows(keep)
                 active, tok = active[keep], tok[keep]
-            mask = torch.cat([prompt_mask[active], prompt_mask.new_ones(active.numel(), step + 1)], dim=1)
-            positions = adapter.decode_position_ids(mask, deltas[active], 1)
-            hidden = adapter.forward(
-                adapter.embed_tokens(tok[:, None]), positions, mask, past_key_values=cache
-            )
-            logits = self._logits(hidden[:, -1])
-        return self._results(
-            tokens.cpu(), logprobs.cpu(), lengths.tolist(), stopped.tolist(), n, first_prompt
-        )
+            logits = next_logits(active, tok, step)
+        return tokens.cpu(), logprobs.cpu(), lengths.tolist(), stopped.tolist()
 
     def _results(
         self,

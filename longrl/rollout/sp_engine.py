@@ -132,7 +132,7 @@ class SPHFEngine(HFEngine):
             hidden = self.adapter.forward(embeds, position_ids, None)
         return self._logits(hidden[:, -1])
 
-    # ---- decoding loop (HFEngine._generate_chunk for one prompt, with the sharded cache) -------------------
+    # ---- decoding one prompt (HFEngine._decode over the sharded cache) ------------------------------------
     def _generate_one(
         self,
         prompt: MultimodalInputs,
@@ -144,38 +144,23 @@ class SPHFEngine(HFEngine):
         n, steps, device = params.n, params.max_new_tokens, self.adapter.device
         length = prompt.attention_mask.shape[1]
         cache, logits = self.prefill(prompt.inputs_embeds, prompt.position_ids)
-        logits = logits.repeat_interleave(n, dim=0)
 
-        tokens = torch.zeros((n, steps), dtype=torch.long, device=device)
-        logprobs = torch.zeros((n, steps), dtype=torch.float32, device=device)
-        lengths = torch.full((n,), steps, dtype=torch.long, device=device)
-        stopped = torch.zeros(n, dtype=torch.bool, device=device)
-        active = torch.arange(n, device=device)  # sample of each row still decoding
-        for step in range(steps):
-            tok, logp = self._agreed(*sample_tokens(logits, params, generator))
-            tokens[active, step] = tok
-            logprobs[active, step] = logp
-            hit = torch.isin(tok, stop_ids)
-            any_hit = bool(hit.any())
-            if any_hit:
-                lengths[active[hit]] = step + 1
-                stopped[active[hit]] = True
-            if step + 1 == steps:
-                break
-            if any_hit:
-                keep = (~hit).nonzero().squeeze(1)
-                if keep.numel() == 0:
-                    break
-                cache.select_rows(keep)
-                active, tok = active[keep], tok[keep]
+        def next_logits(active: torch.Tensor, tok: torch.Tensor, step: int) -> torch.Tensor:
             # The token sampled at `step` sits after the prompt and `step` earlier response tokens; every
             # row has the same count, so one row's position serves all.
             seen = torch.ones((1, length + step + 1), dtype=torch.long, device=device)
             position = self.adapter.decode_position_ids(seen, prompt.rope_deltas, 1)  # [3, 1, 1]
-            logits = self.decode_step(cache, tok, position.expand(3, active.numel(), 1))
-        return self._results(
-            tokens.cpu(), logprobs.cpu(), lengths.tolist(), stopped.tolist(), n, prompt_index
+            return self.decode_step(cache, tok, position.expand(3, active.numel(), 1))
+
+        decoded = self._decode(
+            logits.repeat_interleave(n, dim=0),
+            steps,
+            lambda scores: self._agreed(*sample_tokens(scores, params, generator)),
+            stop_ids,
+            cache.select_rows,
+            next_logits,
         )
+        return self._results(*decoded, n, prompt_index)
 
     # ---- keeping the ranks in step -------------------------------------------------------------------------
     def _agreed_seed(self, seed: int | None) -> int:
