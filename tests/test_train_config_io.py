@@ -213,7 +213,7 @@ def test_save_does_not_leave_a_partial_file(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("longrl.train.config_io.os.replace", explode)
+    monkeypatch.setattr("longrl.atomic.os.replace", explode)  # where save_config renames
     with pytest.raises(OSError):
         save_config(Outer(), target)
     assert target.read_text() == "name: old\n"

@@ -17,8 +17,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
+from longrl.atomic import write_atomic
 from longrl.data.schema import BAD_ROW_REASONS, Example, RowProblem, example_from_row, example_to_released_row
 from longrl.errors import ConfigError, DataError
 
@@ -196,15 +197,12 @@ def write_released_jsonl(examples: Iterable[Example], path: str | os.PathLike) -
 
     Written to a temporary file beside `path` and renamed, so a reader never sees half a file.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    n = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for example in examples:
-                f.write(json.dumps(example_to_released_row(example), ensure_ascii=False) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return n
+
+    def write(f: TextIO) -> int:
+        n = 0
+        for example in examples:
+            f.write(json.dumps(example_to_released_row(example), ensure_ascii=False) + "\n")
+            n += 1
+        return n
+
+    return write_atomic(path, write)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from longrl.atomic import write_text_atomic
 from longrl.demo.plan import DemoPlan
 
 
@@ -108,9 +108,7 @@ class DemoReport:
         return "\n".join(lines) + "\n"
 
     def write(self, out: Path) -> None:
-        tmp = out / ".demo.md.tmp"
-        tmp.write_text(self.markdown())
-        os.replace(tmp, out / "demo.md")
+        write_text_atomic(out / "demo.md", self.markdown())
 
     def footer(self) -> str:
         v = self.verdict()

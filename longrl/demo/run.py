@@ -31,6 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
+from longrl.atomic import write_text_atomic
 from longrl.demo.plan import DemoPlan, plan_for
 from longrl.demo.report import DemoReport, accuracy_table
 from longrl.errors import ConfigError, LongRLError
@@ -67,9 +68,7 @@ def check_out_dir(out: Path) -> None:
 
 
 def _write_marker(out: Path, content: dict[str, Any]) -> None:
-    tmp = out / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, out / MARKER)
+    write_text_atomic(out / MARKER, json.dumps(content, indent=2) + "\n")
 
 
 def run_demo(

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
+from longrl.atomic import write_atomic
 from longrl.errors import DataError
 
 
@@ -58,27 +59,13 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def write_jsonl_atomic(path: Path, records) -> None:
-    """Write records as JSONL to a temp file beside `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write records as JSONL in `path`'s place atomically (`longrl.atomic`)."""
 
+    def write(f: TextIO) -> None:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """`path.write_text(text)` through a temp file and a rename (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, write)
 
 
 class PredictionWriter:

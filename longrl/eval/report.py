@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from longrl.eval.predictions import write_text_atomic
+from longrl.atomic import write_text_atomic
 
 
 def cell_text(cell: dict[str, Any] | None) -> str:

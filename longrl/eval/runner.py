@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from longrl.atomic import write_text_atomic
 from longrl.errors import ConfigError, DataError, VideoError
 from longrl.eval.items import EvalItem, duration_bucket
 from longrl.eval.judge import JudgeConfig, LLMJudge, make_judge
 from longrl.eval.loaders import BENCHMARKS, load_benchmark
-from longrl.eval.predictions import PredictionWriter, load_predictions, write_text_atomic
+from longrl.eval.predictions import PredictionWriter, load_predictions
 from longrl.eval.scoring import score_response, summarize
 from longrl.eval.subtitles import SUBTITLE_RULES, frame_times, read_srt, select_cues, with_subtitles
 from longrl.parallel.sp_attention import SP_ATTN_CHOICES

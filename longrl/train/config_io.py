@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
-import tempfile
 import types
 import typing
 from collections.abc import Mapping
@@ -30,6 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
+from longrl.atomic import write_text_atomic
 from longrl.errors import ConfigError
 
 _NONE_STRINGS = ("none", "null", "~")
@@ -103,18 +102,11 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:
-    """Write `config_to_dict(cfg)` as YAML to `path` atomically (temp file in the same folder + os.replace)."""
+    """Write `config_to_dict(cfg)` as YAML to `path` atomically (`longrl.atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
     return path
 
 

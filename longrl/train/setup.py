@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from longrl.atomic import write_text_atomic
 from longrl.errors import ConfigError
 from longrl.train.config import RLConfig, SFTConfig
 
@@ -493,7 +492,7 @@ def finish_run(ctx: TrainContext, final_metrics: dict[str, Any] | None = None) -
             processor_config=ctx.adapter.processor_config,
             overwrite=True,
         )
-        _write_json(ctx.run_dir / SUMMARY_FILE, summary)
+        write_text_atomic(ctx.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     ctx.metrics.close()
     _barrier(ctx.state)
     return summary
@@ -520,18 +519,6 @@ def _unsharded_copy(ctx: TrainContext) -> nn.Module | None:
     model.load_state_dict(state, strict=True, assign=True)
     model.generation_config = copy.deepcopy(ctx.model.generation_config)  # the folder's, not the default
     return model
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def close_run(ctx: TrainContext) -> None:

@@ -21,8 +21,9 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from longrl.atomic import write_atomic, write_text_atomic
 from longrl.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -168,41 +169,22 @@ class RecordLog:
         self.close()
 
 
-def _tmp_beside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
-    """Write records as JSONL to a temporary file beside `path`, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = _tmp_beside(path)
-    n = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for record in records:
-                f.write(_dumps(record) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return n
+    """Write records as JSONL in `path`'s place atomically (`longrl.atomic`); returns how many."""
+
+    def write(f: TextIO) -> int:
+        n = 0
+        for record in records:
+            f.write(_dumps(record) + "\n")
+            n += 1
+        return n
+
+    return write_atomic(path, write)
 
 
 def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    """Write `value` as indented JSON to a temporary file beside `path`, then rename over `path`."""
-    path = Path(path)
-    tmp = _tmp_beside(path)
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(value, f, indent=2, ensure_ascii=False, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write `value` as indented JSON in `path`'s place atomically (`longrl.atomic`)."""
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def read_json(path: Path) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from longrl.atomic import write_text_atomic
 from longrl.data.schema import LETTERS, released_row
 from longrl.data.synthetic.questions import (
     CATEGORIES,
@@ -210,12 +211,7 @@ def _write_if_changed(path: Path, text: str) -> bool:
         pass
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read {path}: {err}") from None
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, text)
     return True
 
 
