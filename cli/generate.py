@@ -58,6 +58,13 @@ def generate_data(
     synthetic_objects: Annotated[
         int | None, typer.Option(help="Synthetic source: coloured objects per video (default: 3).")
     ] = None,
+    synthetic_questions: Annotated[
+        str,
+        typer.Option(
+            help="Synthetic source: question style: lookup (one fact about a named object), ordinal (about "
+            "the first and last objects; what `longrl demo` uses) or multihop (two moments per question)."
+        ),
+    ] = "lookup",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:  # fmt: skip
     """Generate reasoning QA data from long videos: scan, segment, caption, questions, refine, filter, split.
@@ -119,6 +126,7 @@ def generate_data(
         synthetic_fps=synthetic_fps,
         synthetic_size=synthetic_size,
         synthetic_objects=synthetic_objects,
+        synthetic_questions=synthetic_questions,
     )
     console = Console(stderr=True)
     try:

@@ -91,6 +91,23 @@ def answer_from_frames(question: str, seen: list[dict], size: int) -> str:
 
     if question == "Which object appeared first?":
         return events[0][1]
+    if question == "Which object appeared last?":
+        return events[-1][1]
+    if question == "Where did the first object appear?":
+        frame, colour = events[0]
+        centre = seen[frame][colour]
+        assert at_rest(centre, size), f"{colour} is between regions when it appears"
+        return REGIONS[region_of(centre, size)]
+    if question == "Where is the last object heading?":
+        frame, colour = events[-1]
+        run = []  # its centroid in each frame from its appearance until it is gone
+        for now in seen[frame:]:
+            if colour not in now:
+                break
+            run.append(now[colour])
+        assert len({region_of(c, size) for c in run if at_rest(c, size)}) == 2, f"{colour} does not move"
+        assert at_rest(run[0], size) and at_rest(run[-1], size)
+        return REGIONS[region_of(run[-1], size)]
     if m := re.fullmatch(r"Where did the (\w+) object appear\?", question):
         centre = seen[appear_frame(m[1])][m[1]]
         assert at_rest(centre, size), f"{m[1]} is between regions when it appears"
@@ -147,6 +164,14 @@ def small(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
+def small_ordinal(tmp_path_factory: pytest.TempPathFactory):
+    """8 videos x 4 ordinal questions (about the first and the last object; what `longrl demo` asks)."""
+    return generate_synthetic(
+        tmp_path_factory.mktemp("syn_ord"), num_videos=8, questions_per_video=4, seed=3, questions="ordinal"
+    )
+
+
+@pytest.fixture(scope="module")
 def small_multihop(tmp_path_factory: pytest.TempPathFactory):
     """8 videos x 4 multihop questions, answers at dealt slots (the harder task)."""
     return generate_synthetic(
@@ -167,11 +192,12 @@ def _video_index(row: dict) -> int:
 # Answers against the decoded video
 
 
-@pytest.mark.parametrize("style", ["lookup", "multihop"])
+@pytest.mark.parametrize("style", ["lookup", "multihop", "ordinal"])
 @pytest.mark.parametrize("num_sampled", [256, 32, 16])
 def test_answers_match_decoded_frames(request, style: str, num_sampled: int) -> None:
     """Every answer, recomputed from decoded frames (all, or as a model samples them), is the marked option."""
-    small = request.getfixturevalue("small" if style == "lookup" else "small_multihop")
+    fixture = {"lookup": "small", "multihop": "small_multihop", "ordinal": "small_ordinal"}[style]
+    small = request.getfixturevalue(fixture)
     config = small.timelines[0].config
     assert config.questions == style
     by_video: dict[int, list[dict]] = {}
@@ -349,6 +375,62 @@ def test_hand_built_lookup_questions() -> None:
     }
 
 
+def test_hand_built_ordinal_questions() -> None:
+    """Every ordinal question of a hand-built timeline, with its chain of thought and canonical letter."""
+    e = Episode
+    config = TaskConfig(questions="ordinal")
+    still_last = Timeline(
+        index=0,
+        seed=0,
+        config=config,
+        colours=("blue", "green", "red"),
+        episodes=(e("red", 2.0, 8.0, 1), e("green", 5.0, 12.0, 3), e("blue", 9.0, 14.0, 2)),
+    )
+    got = {cat: [(c.question, c.answer) for c in candidates(still_last, cat)] for cat in CATEGORIES}
+    assert got == {
+        "temporal": [("Which object appeared first?", "red")],
+        "goal": [],  # the last object (blue) does not move: nothing to head to
+        "spatial": [("Where did the first object appear?", "top-right")],
+        "plot": [("Which object appeared last?", "blue")],
+    }
+    moving_last = Timeline(
+        index=0,
+        seed=0,
+        config=config,
+        colours=("green", "yellow"),
+        episodes=(
+            e("yellow", 1.0, 7.0, 3),
+            e("green", 6.0, 16.0, 0, move_start_s=9.0, move_end_s=11.0, to_region=2),
+        ),
+    )
+    found = {c.key: c for cat in CATEGORIES for c in candidates(moving_last, cat)}
+    assert {k: c.answer for k, c in found.items()} == {
+        ("temporal", "first"): "yellow",
+        ("goal", "last"): "bottom-left",
+        ("spatial", "first"): "bottom-right",
+        ("plot", "last"): "green",
+    }
+    assert found[("goal", "last")].reasoning == (
+        "The last object to appear is the green object at 6.0s. It moves from the top-left at 9.0s to the "
+        "bottom-left at 11.0s. So the answer is bottom-left."
+    )
+    assert found[("spatial", "first")].reasoning == (
+        "The first object is the yellow object. It appears in the bottom-right at 1.0s. "
+        "So the answer is bottom-right."
+    )
+    assert found[("plot", "last")].reasoning == (
+        "The last object to appear is the green object at 6.0s. So the answer is green."
+    )
+    rng = np.random.default_rng(0)
+    letters = {k: LETTERS[with_options(c, 0, rng, canonical=True).answer_index] for k, c in found.items()}
+    assert letters == {
+        ("temporal", "first"): "D",
+        ("goal", "last"): "C",
+        ("spatial", "first"): "D",
+        ("plot", "last"): "B",
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Timeline rules
 
@@ -519,7 +601,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         generate_synthetic(tmp_path, num_videos=0)
     with pytest.raises(ConfigError, match="colours"):
         TaskConfig(colours=("red", "green", "blue", "pink", "white"))
-    with pytest.raises(ConfigError, match="questions must be one of lookup, multihop"):
+    with pytest.raises(ConfigError, match="questions must be one of lookup, multihop, ordinal"):
         TaskConfig(questions="riddles")
     with pytest.raises(ConfigError, match="at least 5 for multihop"):
         TaskConfig(questions="multihop", colours=("red", "green", "blue", "yellow"))

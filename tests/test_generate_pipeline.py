@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from chat_server import ChatServer, Reply, Sleep, Status
+from helpers import run_cli_here
 from rich.console import Console
 from videos import write_text, write_video
 
@@ -322,3 +323,25 @@ def test_scan_list_file_duplicates_and_outside_root(tmp_path, video_dir):
     # An API key variable that is not set is a mistake found before any work.
     with pytest.raises(ConfigError, match=f"environment variable {KEY_ENV}"):
         run_pipeline(make_config(tmp_path / "o2", video_dir, url), show_progress=False)
+
+
+def test_cli_synthetic_question_style(tmp_path, capsys):
+    """`--synthetic-questions ordinal` reaches the generator; an unknown style is one line and exit 2."""
+    out = tmp_path / "ordinal"
+    base = ("generate-data", "--source", "synthetic", "--synthetic-videos", "2", "--synthetic-frames", "64")
+    base += ("--synthetic-fps", "2", "--stages", "synthetic", "--quiet")
+    code, err = run_cli_here(capsys, *base, "--out", str(out), "--synthetic-questions", "ordinal")
+    assert code in (0, None), err
+    questions = {json.loads(line)["problem"].split("\n")[0] for line in open(out / "synthetic.jsonl")}
+    assert questions == {
+        "Which object appeared first?",
+        "Where did the first object appear?",
+        "Which object appeared last?",
+        "Where is the last object heading?",
+    }
+    code, err = run_cli_here(
+        capsys, *base, "--out", str(tmp_path / "bad"), "--synthetic-questions", "riddles"
+    )
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "questions must be one of lookup, multihop, ordinal" in lines[0]

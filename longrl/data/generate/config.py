@@ -84,6 +84,7 @@ class GenerateConfig:
     synthetic_fps: int = 8
     synthetic_size: int = 56
     synthetic_objects: int | None = None  # None: the task's default for its question style (3 for lookup)
+    synthetic_questions: str = "lookup"  # the question style (longrl.data.synthetic.QUESTION_STYLES)
 
     @property
     def all_stages(self) -> tuple[str, ...]:
@@ -135,6 +136,7 @@ class GenerateConfig:
                 "synthetic_fps": self.synthetic_fps,
                 "synthetic_size": self.synthetic_size,
                 "synthetic_objects": self.synthetic_objects,
+                "synthetic_questions": self.synthetic_questions,
             },
         }
         return settings.get(stage, {})
@@ -157,6 +159,7 @@ FLAG = {
     "synthetic_fps": "--synthetic-fps",
     "synthetic_size": "--synthetic-size",
     "synthetic_objects": "--synthetic-objects",
+    "synthetic_questions": "--synthetic-questions",
     "video_root": "--videos / --video-root",
 }
 

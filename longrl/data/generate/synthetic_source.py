@@ -37,6 +37,7 @@ def run_synthetic(ctx: RunContext, stats: StageStats) -> None:
             fps=cfg.synthetic_fps,
             size=cfg.synthetic_size,
             objects_per_video=cfg.synthetic_objects,
+            questions=cfg.synthetic_questions,
             progress=progress,
         )
     examples, _ = load_examples(result.rows_path, cfg.out, on_bad_row="fail")

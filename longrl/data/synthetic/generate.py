@@ -121,7 +121,8 @@ def _slots(
         category = categories[number % len(categories)]
         # number // len(categories) counts this category's earlier slots in the dataset.
         turn = number // len(categories)
-        out.append(_Slot(category, cycle[turn % len(cycle)] if category == "plot" else None))
+        counted = category == "plot" and config.questions != "ordinal"
+        out.append(_Slot(category, cycle[turn % len(cycle)] if counted else None))
     return out
 
 

@@ -1,7 +1,7 @@
 """Questions about a timeline in the paper's four categories, each with a short timestamped chain of thought.
 
-Two styles (TaskConfig.questions). "lookup": each question asks one fact spread over the whole video, the
-kind a tiny model learns from a few hundred examples:
+Three styles (TaskConfig.questions). "lookup": each question asks one fact about a named object, spread over
+the whole video (the 2-layer tiny model learns "first" but not to look up a named colour in minutes):
     temporal  "Which object appeared first?"                                    -> a colour
     goal      "Where is the moving green object heading?"                      -> the region it moves to
     spatial   "Where did the blue object appear?"                              -> a region
@@ -11,6 +11,12 @@ kind a tiny model learns from a few hundred examples:
     goal      "Where is the moving green object heading?"                      -> the region it moves to
     spatial   "Where was the blue object when the yellow object appeared?"     -> a region
     plot      "How many times did the red object appear before the yellow object appeared?" -> a count
+"ordinal": every question is about the first or the last object to appear, which the video must be scanned
+to find (what `longrl demo` asks; the tiny model learns to find them without being told a colour):
+    temporal  "Which object appeared first?"                                    -> a colour
+    goal      "Where is the last object heading?" (only when it moves)          -> the region it moves to
+    spatial   "Where did the first object appear?"                              -> a region
+    plot      "Which object appeared last?"                                     -> a colour
 An object named as the reference moment ("when the yellow object appeared") appears exactly once in the
 video, so the moment is unique. Wording is fixed templates: a tiny model learns the task, not the phrasing.
 
@@ -281,6 +287,76 @@ def count_candidates(timeline: Timeline) -> list[Candidate]:
     return out
 
 
+def first_where_candidates(timeline: Timeline) -> list[Candidate]:
+    """Ordinal spatial: where the first object appeared."""
+    if not timeline.episodes:
+        return []
+    e = timeline.episodes[0]
+    where = REGIONS[e.region]
+    reasoning = (
+        f"The first object is the {e.colour} object. It appears in the {where} at {seconds(e.start_s)}. "
+        f"So the answer is {where}."
+    )
+    return [
+        Candidate(
+            "spatial",
+            "Where did the first object appear?",
+            where,
+            (tuple(r for r in REGIONS if r != where),),
+            reasoning,
+            ("spatial", "first"),
+            REGIONS,
+        )
+    ]
+
+
+def last_candidates(timeline: Timeline) -> list[Candidate]:
+    """Ordinal plot: which object appeared last (the latest appearance, the end of the video's story)."""
+    if not timeline.episodes:
+        return []
+    last = timeline.episodes[-1]
+    reasoning = (
+        f"The last object to appear is the {last.colour} object at {seconds(last.start_s)}. "
+        f"So the answer is {last.colour}."
+    )
+    seen, unseen = _other_colours(timeline, {last.colour})
+    return [
+        Candidate(
+            "plot",
+            "Which object appeared last?",
+            last.colour,
+            (seen, unseen),
+            reasoning,
+            ("plot", "last"),
+            canonical=timeline.config.colours,
+        )
+    ]
+
+
+def last_heading_candidates(timeline: Timeline) -> list[Candidate]:
+    """Ordinal goal: where the last object to appear is heading (only when that appearance moves)."""
+    if not timeline.episodes or not timeline.episodes[-1].moves:
+        return []
+    e = timeline.episodes[-1]
+    dest = REGIONS[e.to_region]
+    reasoning = (
+        f"The last object to appear is the {e.colour} object at {seconds(e.start_s)}. "
+        f"It moves from the {REGIONS[e.region]} at {seconds(e.move_start_s)} to the {dest} at "
+        f"{seconds(e.move_end_s)}. So the answer is {dest}."
+    )
+    return [
+        Candidate(
+            "goal",
+            "Where is the last object heading?",
+            dest,
+            (tuple(r for r in REGIONS if r != dest),),
+            reasoning,
+            ("goal", "last"),
+            REGIONS,
+        )
+    ]
+
+
 _BUILDERS = {
     "multihop": {
         "temporal": temporal_candidates,
@@ -293,6 +369,12 @@ _BUILDERS = {
         "goal": heading_candidates,
         "spatial": where_candidates,
         "plot": count_candidates,
+    },
+    "ordinal": {
+        "temporal": first_candidates,
+        "goal": last_heading_candidates,
+        "spatial": first_where_candidates,
+        "plot": last_candidates,
     },
 }
 

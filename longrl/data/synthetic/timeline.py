@@ -44,8 +44,9 @@ BACKGROUND: tuple[int, int, int] = (24, 24, 24)
 # a region says which region it is even where an object covers most of it; far from every palette colour.
 REGION_TINTS: tuple[tuple[int, int, int], ...] = ((24, 24, 24), (24, 24, 80), (24, 72, 24), (80, 24, 24))
 
-# "lookup": one fact per question; "multihop": two moments per question (see the `questions` module).
-QUESTION_STYLES = ("lookup", "multihop")
+# "lookup": one fact per question; "ordinal": the first / last object; "multihop": two moments per question
+# (see the `questions` module).
+QUESTION_STYLES = ("lookup", "multihop", "ordinal")
 
 # Region r is at grid row r // 2, column r % 2.
 REGIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -70,8 +71,9 @@ class TaskConfig:
     move_prob: chance that an episode slides to an adjacent region (goal questions need at least one).
     object_px: side of an object's square in pixels (None: 20/56 of the frame, i.e. 20 px at 56x56).
     tinted_regions: each region's background has its own dark tint (REGION_TINTS), else all BACKGROUND.
-    questions: "lookup" (one fact per question, e.g. where did X appear; a tiny model learns them in minutes)
-        or "multihop" (each question links two moments, e.g. where was X when Y appeared); see `questions`.
+    questions: "lookup" (one fact about a named object per question, e.g. where did X appear), "ordinal"
+        (about the first and the last object to appear; colours and object counts as for lookup) or
+        "multihop" (each question links two moments, e.g. where was X when Y appeared); see `questions`.
     canonical_options: options in a fixed order (regions as REGIONS, counts ascending, colours in `colours`
         order), so an answer's letter follows from its text; else the answer's slot is dealt at random.
     The *_s fields are seconds, multiples of time_step_s (see the module docstring for what each one rules).
@@ -103,7 +105,7 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         """Check every knob; ConfigError naming the knob and the fix."""
-        lookup = self.questions == "lookup"
+        lookup = self.questions != "multihop"
         if self.colours is None:
             object.__setattr__(self, "colours", LOOKUP_COLOURS if lookup else DEFAULT_COLOURS)
         if self.objects_per_video is None:
