@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -90,6 +90,22 @@ Caption: a group of friends play cards at a table in a garden on a sunny afterno
 system user assistant system user assistant video image frame frames seconds minutes time timestamp
 """
 
+# The words of `longrl demo`'s synthetic task (longrl.data.synthetic), so that each region, colour and count
+# it answers with is one token: a tiny model then decides an answer at one position, not spelled out letter
+# by letter ("bottom-left" was 9 tokens, its row and column decided 7 tokens apart).
+_TASK_CORPUS = """Which object appeared first? Which object appeared last? Where did the first object appear?
+Where is the last object heading? Where is the moving green object heading? Where did the red object appear?
+How many times did the blue object appear? How many times did the yellow object appear before it?
+The first object is the red object at 3.0s. It appears in the top-left at 3.0s. So the answer is top-left.
+The last object to appear is the green object at 21.0s. It moves from the top-right at 24.0s to the
+bottom-right at 26.0s. So the answer is bottom-right. The blue object appears in the bottom-left at 9.0s.
+The yellow object appears at 2.0s, 12.0s and 20.0s. So the answer is 3. The red object does not appear.
+top-left top-right bottom-left bottom-right red green blue yellow white magenta cyan orange
+"""
+
+# GPT-2's pre-tokenizer pattern, except that letters joined by '-' stay one piece ("top-left" can be one token).
+_SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+(?:-\p{L}+)*| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
 
 def train_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """Train the byte-level BPE tokenizer on the embedded corpus and wrap it for transformers.
@@ -100,7 +116,12 @@ def train_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -110,7 +131,7 @@ def train_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     # Repeat the corpus a little so frequent pairs are clearly ahead of rare ones (fewer count ties).
-    bpe.train_from_iterator(_CORPUS.splitlines() * 4, trainer=trainer)
+    bpe.train_from_iterator((_CORPUS + _TASK_CORPUS * 3).splitlines() * 4, trainer=trainer)
     bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
 
     tok = PreTrainedTokenizerFast(
