@@ -100,7 +100,7 @@ def test_greedy_equals_hf_generate():
     results = engine.generate(batch, SamplingParams(max_new_tokens=12, greedy=True))
 
     ids = batch.input_ids
-    ref = model.generate(
+    out = model.generate(
         input_ids=ids,
         attention_mask=batch.attention_mask,
         pixel_values_videos=pixels,
@@ -109,13 +109,24 @@ def test_greedy_equals_hf_generate():
         mm_token_type_ids=adapter.mm_token_type_ids(ids),
         do_sample=False,
         max_new_tokens=12,
-    )[:, ids.shape[1] :]
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    ref = out.sequences[:, ids.shape[1] :]
     pad = model.generation_config.pad_token_id
     assert [r.prompt_index for r in results] == [0, 1, 2]
-    for r, row in zip(results, ref, strict=True):
-        n = len(r)
-        assert r.token_ids.tolist() == row[:n].tolist()
-        assert (row[n:] == pad).all()  # HF stopped there too (or both hit the length cap)
+    for b, (r, row) in enumerate(zip(results, ref, strict=True)):
+        mine, theirs = r.token_ids.tolist(), row[: len(r)].tolist()
+        split = next((t for t, (x, y) in enumerate(zip(mine, theirs, strict=True)) if x != y), None)
+        if split is None:
+            assert (row[len(r) :] == pad).all()  # HF stopped there too (or both hit the length cap)
+            continue
+        # A random tiny model can meet an exact-arithmetic tie; a different kernel may then take the other
+        # token and the two continuations part. Allowed only there: HF's top two logits within 1e-4, and the
+        # engine chose one of them. Every token before it must be equal (checked by `split`).
+        top = out.scores[split][b].topk(2)
+        assert float(top.values[0] - top.values[1]) < 1e-4, (b, split, top)
+        assert mine[split] in top.indices.tolist()
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
