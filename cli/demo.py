@@ -21,7 +21,7 @@ def demo(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the model, the data and training.")] = 0,
 ) -> None:
-    """Tiny model -> synthetic long-video data -> CoT-SFT -> GRPO with MR-SP (2 processes) -> eval.
+    """Synthetic long-video data -> tiny model -> CoT-SFT -> GRPO with MR-SP (2 processes) -> eval.
 
     Prints chance / after-SFT / after-RL accuracy per category with 95% intervals, writes the RL reward
     curve (PNG) and the trained model (HF folder) into OUT.

@@ -37,6 +37,19 @@ def test_quick_demo_end_to_end(tmp_path):
         assert summary[key]["n"] == QUICK.eval_questions
         assert 0.0 <= summary[key]["accuracy"] <= 1.0
     assert (out / "model" / "config.json").is_file()
+    # The base model's vision projector was calibrated on the SFT videos: centred, unit mean norm.
+    calibration = json.loads((out / "base_model" / "calibrate.json").read_text())
+    assert calibration["norm_after"] == pytest.approx(1.0, rel=1e-4)
+    assert calibration["mean_cosine_after"] < calibration["mean_cosine_before"]
+    # The questions are the ordinal style (about the first and the last object).
+    eval_rows = (out / "data" / "eval" / "sft.jsonl").read_text().splitlines()
+    asked = {json.loads(line)["problem"].split("\n")[0] for line in eval_rows}
+    assert asked <= {
+        "Which object appeared first?",
+        "Where did the first object appear?",
+        "Which object appeared last?",
+        "Where is the last object heading?",
+    }
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rl_metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in rl_metrics] == list(range(1, QUICK.rl_steps + 1))

@@ -1,12 +1,13 @@
 """`longrl demo`: the whole recipe on the built-in tiny model, on one CPU, in minutes.
 
-    base model (tiny Qwen2.5-VL, random) -> synthetic long-video data (generate-data --source synthetic)
+    synthetic long-video data (generate-data --source synthetic, ordinal questions)
+    -> base model (tiny Qwen2.5-VL, random; its vision projector calibrated on the SFT videos)
     -> CoT-SFT -> eval -> generate-data's filter stage with the SFT model on the RL pool
     -> GRPO with MR-SP on `nproc` local processes (gloo), embedding cache on -> eval -> report
 
 Output folder (every stage resumes from what it finds, so rerunning the same command after a kill goes on):
 
-    base_model/            the tiny model the run starts from
+    base_model/            the tiny model the run starts from (calibrate.json: its projector calibration)
     data/sft data/rl data/eval   generate-data output folders (synthetic videos + rows, manifest.json)
     sft/  rl/              training run folders (config.yaml, metrics.jsonl, checkpoints/, final/)
     eval_sft/ eval_rl/     eval output folders (predictions, metrics.json, report.md)
@@ -26,6 +27,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +97,10 @@ def run_demo(
     clock = StageClock(console)
     start = time.perf_counter()
 
-    with clock.stage("1/7 tiny model"):
-        base = _base_model(out / "base_model", seed)
-    with clock.stage("2/7 data: synthetic long videos (generate-data --source synthetic)"):
+    with clock.stage("1/7 data: synthetic long videos (generate-data --source synthetic)"):
         data = _synthetic_data(out / "data", plan, seed)
+    with clock.stage("2/7 tiny model, its vision projector calibrated on the SFT videos"):
+        base = _base_model(out / "base_model", out / "data" / "sft", plan, seed)
     with clock.stage("3/7 CoT-SFT"):
         sft_model = _sft(out / "sft", base, data["sft"], plan, seed)
     with clock.stage("4/7 eval after SFT"):
@@ -132,14 +134,23 @@ def run_demo(
 
 
 # ---- stages ----------------------------------------------------------------------------------------------
-def _base_model(folder: Path, seed: int) -> Path:
+def _base_model(folder: Path, sft_data: Path, plan: DemoPlan, seed: int) -> Path:
+    """The tiny model (random weights from `seed`), its vision projector calibrated on the first
+    `plan.calibration_videos` SFT videos (longrl.models.calibrate); built beside `folder`, then renamed."""
     from longrl.models import make_tiny
+    from longrl.models.calibrate import calibrate_vision_projector
 
     if (folder / "config.json").is_file():
         return folder
-    if folder.exists():
-        shutil.rmtree(folder)  # a half-written folder of our own from a killed run
-    return make_tiny(folder, seed=seed)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder of our own from a killed run
+    shutil.rmtree(folder, ignore_errors=True)
+    make_tiny(tmp, seed=seed)
+    videos = sorted((sft_data / "videos").glob("*.mp4"))[: plan.calibration_videos]
+    report = calibrate_vision_projector(tmp, videos, num_frames=plan.frames)
+    write_text_atomic(tmp / "calibrate.json", json.dumps(asdict(report), indent=2) + "\n")
+    os.replace(tmp, folder)
+    return folder
 
 
 def _pipeline(folder: Path, plan: DemoPlan, seed: int, num_videos: int, stages: tuple[str, ...], **kw: Any):
@@ -154,6 +165,7 @@ def _pipeline(folder: Path, plan: DemoPlan, seed: int, num_videos: int, stages: 
         synthetic_frames=plan.video_frames,
         synthetic_fps=plan.video_fps,
         per_video=plan.questions_per_video,
+        synthetic_questions=plan.questions,
         eval_fraction=0.0,
         seed=seed,
         **kw,
@@ -252,6 +264,7 @@ def _rl(run_dir: Path, sft_model: Path, rows: Path, plan: DemoPlan, seed: int) -
     cfg.update(
         model={"path": str(sft_model)},
         optim={"lr": plan.rl_lr, "warmup_steps": 0, "schedule": "constant"},
+        algo={"dynamic_sampling": plan.rl_dynamic_sampling, "kl_coef": plan.rl_kl_coef},
         parallel={"nproc": plan.nproc, "sp": plan.nproc},
         rollout={
             "n": plan.rl_group,
