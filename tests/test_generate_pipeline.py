@@ -345,3 +345,19 @@ def test_cli_synthetic_question_style(tmp_path, capsys):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "questions must be one of lookup, multihop, ordinal" in lines[0]
+
+
+def test_a_folder_from_before_the_question_style_was_recorded_is_lookup(tmp_path):
+    """A manifest written before `synthetic_questions` existed was made with lookup questions: continuing it
+    with another style is refused (its question records would silently stay lookup), with lookup it goes on."""
+    out = tmp_path / "old"
+    base = dict(out=out, source="synthetic", synthetic_videos=2, synthetic_frames=64, synthetic_fps=2)
+    run_pipeline(GenerateConfig(**base, stages=("synthetic",)), show_progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["stages"]["synthetic"]["settings"]["synthetic_questions"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="--synthetic-questions lookup \\(now ordinal\\)"):
+        run_pipeline(
+            GenerateConfig(**base, stages=("synthetic",), synthetic_questions="ordinal"), show_progress=False
+        )
+    run_pipeline(GenerateConfig(**base, stages=("synthetic",)), show_progress=False)  # lookup: continues

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from longrl.data.generate.prompts import CATEGORIES
+from longrl.data.synthetic.timeline import QUESTION_STYLES
 from longrl.errors import ConfigError
 
 VIDEO_STAGES = ("scan", "segment", "caption", "questions", "refine", "filter", "split")
@@ -202,6 +203,10 @@ def _check_backend(flag: str, spec: BackendSpec | None, needed_by: str) -> None:
 def _check(cfg: GenerateConfig) -> None:
     if cfg.source not in SOURCES:
         raise ConfigError(f"--source must be one of {', '.join(SOURCES)}, got {cfg.source!r}")
+    if cfg.synthetic_questions not in QUESTION_STYLES:
+        raise ConfigError(
+            f"--synthetic-questions must be one of {', '.join(QUESTION_STYLES)}, got {cfg.synthetic_questions!r}"
+        )
     if cfg.stages is not None:
         if not cfg.stages:
             raise ConfigError(f"--stages is empty; choose from {', '.join(cfg.all_stages)}")

@@ -116,12 +116,17 @@ def _check_settings(cfg: GenerateConfig, manifest: dict[str, Any], stage: str) -
     )
     if before and has_records:
         for key, value in settings.items():
-            if key in before and before[key] != value:
+            made_with = before.get(key, SETTINGS_BEFORE_THEY_WERE_RECORDED.get(key, value))
+            if made_with != value:
                 raise ConfigError(
-                    f"{cfg.out} was made with {FLAG.get(key, key)} {_show(before[key])} (now {_show(value)}); "
+                    f"{cfg.out} was made with {FLAG.get(key, key)} {_show(made_with)} (now {_show(value)}); "
                     "use the same value to continue it, or a new --out"
                 )
     return settings
+
+
+# Settings added to the manifest after some folders were written: what those folders were made with.
+SETTINGS_BEFORE_THEY_WERE_RECORDED: dict[str, Any] = {"synthetic_questions": "lookup"}
 
 
 def _show(value: Any) -> str:
