@@ -16,7 +16,7 @@ def test_plans_are_consistent():
     for plan in (FULL, QUICK):
         assert plan.rl_group >= 2  # GRPO's advantages need groups
         assert plan.frames % 2 == 0 and plan.frames <= plan.video_frames
-    assert FULL.eval_questions >= 300  # "a few hundred held-out questions" for the CI claim
+    assert FULL.eval_questions >= 1000  # about +-3 points of 95% interval
 
 
 def test_a_foreign_folder_is_refused(tmp_path):
@@ -37,14 +37,13 @@ def test_quick_demo_end_to_end(tmp_path):
         assert summary[key]["n"] == QUICK.eval_questions
         assert 0.0 <= summary[key]["accuracy"] <= 1.0
     assert (out / "model" / "config.json").is_file()
-    # The base model's vision projector was calibrated on the SFT videos: centred, unit mean norm.
+    # The base model's vision projector was calibrated on the SFT videos (models.calibrate has the math's test).
     calibration = json.loads((out / "base_model" / "calibrate.json").read_text())
-    assert calibration["norm_after"] == pytest.approx(1.0, rel=1e-4)
-    assert calibration["mean_cosine_after"] < calibration["mean_cosine_before"]
-    # The questions are the ordinal style (about the first and the last object).
+    assert calibration["videos"] == min(QUICK.calibration_videos, QUICK.sft_videos)
+    # The questions are the ordinal style (about the first and the last object), all four of them.
     eval_rows = (out / "data" / "eval" / "sft.jsonl").read_text().splitlines()
     asked = {json.loads(line)["problem"].split("\n")[0] for line in eval_rows}
-    assert asked <= {
+    assert asked == {
         "Which object appeared first?",
         "Where did the first object appear?",
         "Which object appeared last?",

@@ -1,7 +1,7 @@
 """The sizes of `longrl demo`: how much data, how many steps, for the full run and for `--quick`.
 
 The numbers were chosen on the 2-core CPU machines this project is developed on so that the full demo
-finishes well inside ten minutes and `--quick` in about two (README: the measured times and accuracies for
+finishes well inside ten minutes and `--quick` in under two (README: the measured times and accuracies for
 three seeds). `--quick` only proves that every stage runs end to end. The eval split is 1000 questions, so
 that a 95% interval is about +-3 points.
 """
@@ -30,7 +30,7 @@ class DemoPlan:
     frames: int = 32
     calibration_videos: int = 40  # SFT videos the base model's vision projector is calibrated on
     # CoT-SFT
-    sft_steps: int = 800  # ~0.2 s a step at batch 16 on 2 idle cores; 300 steps: 48% after SFT, 800: ~75%
+    sft_steps: int = 800  # ~0.16 s a step at batch 16 on 2 idle cores; 800: 52-64% after SFT (3 seeds)
     sft_batch: int = 16
     sft_lr: float = 3e-3
     # generate-data's filter stage on the RL pool, with the SFT model

@@ -93,7 +93,12 @@ def run_demo(
             f"{out} holds a demo run with plan {previous.get('plan')!r} and seed {previous.get('seed')}; "
             "rerun with the same --quick/--seed to continue it, or choose a new --out"
         )
-    _write_marker(out, {"plan": plan.name, "seed": seed, "complete": False})
+    if previous is not None and previous.get("sizes") != asdict(plan):
+        raise ConfigError(
+            f"{out} holds a demo run from another version of `longrl demo` (its plan's sizes differ); "
+            "choose a new --out"
+        )
+    _write_marker(out, {"plan": plan.name, "seed": seed, "sizes": asdict(plan), "complete": False})
     clock = StageClock(console)
     start = time.perf_counter()
 
@@ -127,7 +132,9 @@ def run_demo(
         rl_rows=_count_rows(rl_rows),
     )
     report.write(out)
-    _write_marker(out, {"plan": plan.name, "seed": seed, "complete": True, **report.to_dict()})
+    _write_marker(
+        out, {"plan": plan.name, "seed": seed, "sizes": asdict(plan), "complete": True, **report.to_dict()}
+    )
     console.print(accuracy_table(report))
     console.print(report.footer())
     return report
