@@ -119,3 +119,15 @@ def test_make_tiny_refuses_a_non_empty_folder(tmp_path):
 def test_head_dim_below_32_is_refused():
     with pytest.raises(ValueError, match="hidden_size/num_heads"):
         M.tiny(hidden_size=64, num_heads=4)
+
+
+def test_the_demo_task_words_are_whole_tokens():
+    """Every region, colour and count the synthetic task answers with is one token (so a tiny model decides it
+    at one position), and text with hyphens still round-trips exactly."""
+    from longrl.data.synthetic import PALETTE, REGIONS
+
+    tok = T.train_tokenizer()
+    for word in (*REGIONS, *PALETTE, "0", "1", "2", "3"):
+        assert len(tok.encode(f" {word}", add_special_tokens=False)) == 1, word
+    for text in ("a well-known e-mail: top-left, x-ray-like -- don't", "bottom-right.\n\n  12.5s"):
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text

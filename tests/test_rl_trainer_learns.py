@@ -5,8 +5,10 @@ random tiny model starts near the share of 'a' in its vocabulary (~0.06); reward
 (raise the probability of tokens with many a's), dense (every group has reward variance) and needs the
 whole loop to work: rollouts from cached video embeddings, rewards, group advantages, the clipped update
 and the engine sampling from the updated weights. The run: 2 prompts x 8 responses of 6 tokens per step,
-10 steps at lr 2e-2. Criterion: the mean reward of the last 3 steps exceeds that of the first 3 by 0.3
-(seen here: 0.07, 0.05, 0.07 in the first steps, 0.67, 0.97, 1.0 in the last).
+10 steps at lr 2e-2. Criterion: the mean reward of the last 3 steps exceeds that of the first 3 by 0.2, four
+times the starting reward. Seen here: 0.06, 0.04, 0.05 in the first steps, 0.33, 0.33, 0.31 in the last, with
+the entropy falling from 6.7 to 0.3 (the policy settles on tokens about a third 'a'; with the tokenizer before
+the task corpus was added it reached 1.0). A run whose update does nothing stays at ~0.05.
 """
 
 from __future__ import annotations
@@ -39,6 +41,6 @@ def test_mean_reward_rises(tmp_path):
     ]
     assert len(rewards) == 10
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
-    assert last > first + 0.3, f"reward did not rise: {rewards}"
+    assert last > first + 0.2, f"reward did not rise: {rewards}"
     assert summary["final_metrics"]["reward"] == rewards[-1]
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
