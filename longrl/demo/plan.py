@@ -39,8 +39,8 @@ class DemoPlan:
     rl_steps: int = 100
     rl_batch: int = 8
     rl_group: int = 8
-    # lr 5e-4 without KL broke the chain of thought of a 50%-SFT model within 60 steps ("So the.0s."); 1e-4 with
-    # a KL penalty to the SFT model keeps it (README: what was tried)
+    # lr 5e-4 without KL broke the chain of thought of a 50%-SFT model within 60 steps ("So the.0s."); 1e-4
+    # with a KL penalty to the SFT model keeps it (README: what was tried)
     rl_lr: float = 1e-4
     rl_kl_coef: float = 0.05
     rl_temperature: float = 1.0

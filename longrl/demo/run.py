@@ -105,7 +105,7 @@ def run_demo(
     with clock.stage("1/7 data: synthetic long videos (generate-data --source synthetic)"):
         data = _synthetic_data(out / "data", plan, seed)
     with clock.stage("2/7 tiny model, its vision projector calibrated on the SFT videos"):
-        base = _base_model(out / "base_model", out / "data" / "sft", plan, seed)
+        base = _base_model(out / "base_model", data["sft"], plan, seed)
     with clock.stage("3/7 CoT-SFT"):
         sft_model = _sft(out / "sft", base, data["sft"], plan, seed)
     with clock.stage("4/7 eval after SFT"):
@@ -141,9 +141,10 @@ def run_demo(
 
 
 # ---- stages ----------------------------------------------------------------------------------------------
-def _base_model(folder: Path, sft_data: Path, plan: DemoPlan, seed: int) -> Path:
+def _base_model(folder: Path, sft_rows: Path, plan: DemoPlan, seed: int) -> Path:
     """The tiny model (random weights from `seed`), its vision projector calibrated on the first
-    `plan.calibration_videos` SFT videos (longrl.models.calibrate); built beside `folder`, then renamed."""
+    `plan.calibration_videos` videos of the SFT rows (longrl.models.calibrate); built beside `folder`, then
+    renamed."""
     from longrl.models import make_tiny
     from longrl.models.calibrate import calibrate_vision_projector
 
@@ -153,7 +154,12 @@ def _base_model(folder: Path, sft_data: Path, plan: DemoPlan, seed: int) -> Path
     shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder of our own from a killed run
     shutil.rmtree(folder, ignore_errors=True)
     make_tiny(tmp, seed=seed)
-    videos = sorted((sft_data / "videos").glob("*.mp4"))[: plan.calibration_videos]
+    videos: list[Path] = []
+    for line in sft_rows.read_text().splitlines():
+        video = sft_rows.parent / json.loads(line)["videos"]
+        if line.strip() and video not in videos:
+            videos.append(video)
+    videos = videos[: plan.calibration_videos]
     report = calibrate_vision_projector(tmp, videos, num_frames=plan.frames)
     write_text_atomic(tmp / "calibrate.json", json.dumps(asdict(report), indent=2) + "\n")
     os.replace(tmp, folder)

@@ -33,11 +33,14 @@ class CalibrationReport:
 
 
 def _mean_cosine(tokens: torch.Tensor, limit: int = 4096) -> float:
-    """Mean pairwise cosine similarity of (at most `limit`, evenly spaced) tokens [N, H]."""
+    """Mean cosine similarity over the distinct pairs of (at most `limit`, evenly spaced) tokens [N, H]."""
     if tokens.shape[0] > limit:
         tokens = tokens[torch.linspace(0, tokens.shape[0] - 1, limit).long()]
+    n = tokens.shape[0]
+    if n < 2:
+        return 1.0
     unit = torch.nn.functional.normalize(tokens, dim=-1)
-    return float((unit @ unit.T).mean())
+    return float(((unit @ unit.T).sum() - n) / (n * (n - 1)))
 
 
 def _projector_output_layer(model: torch.nn.Module) -> torch.nn.Linear:
@@ -60,12 +63,15 @@ def calibrate_vision_projector(
     num_frames: int,
     target_norm: float = 1.0,
 ) -> CalibrationReport:
-    """Rewrite the weights in `folder` so the vision tokens of `videos` are centred with mean norm `target_norm`.
+    """Rewrite the weights in `folder`: the vision tokens of `videos` become centred, mean norm `target_norm`.
 
     The mean token m and the mean norm s of (token - m) are measured over every token of every video
-    (`num_frames` sampled per video); then the projector's output layer becomes (W, b) -> (W, b - m) * target/s.
-    Raises ModelError for a model without a Qwen-VL patch merger or when no video is given; VideoError for an
-    unreadable video.
+    (`num_frames` sampled per video); then the projector's output layer (W, b) becomes
+    (W, b - m) * target / s.
+    The model is loaded and saved in float32 (what the random tiny model is), and the folder is rewritten in
+    place: build in a temporary folder and rename it, as `longrl demo` does, when a kill must not leave it
+    half-written. Raises ModelError for a model without a Qwen-VL patch merger, no video or a bad target;
+    VideoError for an unreadable video.
     """
     from longrl.models import load_model
     from longrl.models.video_inputs import encode_video_file
@@ -73,7 +79,7 @@ def calibrate_vision_projector(
 
     if not videos:
         raise ModelError("calibrate_vision_projector needs at least one video")
-    if target_norm <= 0:
+    if not target_norm > 0:  # also refuses NaN
         raise ModelError(f"target_norm must be positive, got {target_norm}")
     loaded = load_model(folder)
     model = loaded.adapter.model

@@ -90,9 +90,10 @@ Caption: a group of friends play cards at a table in a garden on a sunny afterno
 system user assistant system user assistant video image frame frames seconds minutes time timestamp
 """
 
-# The words of `longrl demo`'s synthetic task (longrl.data.synthetic), so that each region, colour and count
-# it answers with is one token: a tiny model then decides an answer at one position, not spelled out letter
-# by letter ("bottom-left" was 9 tokens, its row and column decided 7 tokens apart).
+# The words of `longrl demo`'s synthetic task (longrl.data.synthetic; the sentences follow the templates of
+# its `questions` module, and tests/test_models_tiny.py checks the answers are whole tokens), so that each
+# region, colour and count it answers with is one token: a tiny model then decides an answer at one position,
+# not spelled out piece by piece ("bottom-left" was 9 tokens, its row and column decided 7 tokens apart).
 _TASK_CORPUS = """Which object appeared first? Which object appeared last? Where did the first object appear?
 Where is the last object heading? Where is the moving green object heading? Where did the red object appear?
 How many times did the blue object appear? How many times did the yellow object appear before it?
@@ -103,7 +104,8 @@ The yellow object appears at 2.0s, 12.0s and 20.0s. So the answer is 3. The red 
 top-left top-right bottom-left bottom-right red green blue yellow white magenta cyan orange
 """
 
-# GPT-2's pre-tokenizer pattern, except that letters joined by '-' stay one piece ("top-left" can be one token).
+# GPT-2's pre-tokenizer pattern, except that letters joined by '-' stay one piece ("top-left" can be one
+# token).
 _SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+(?:-\p{L}+)*| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 

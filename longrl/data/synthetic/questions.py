@@ -208,7 +208,7 @@ def plot_candidates(timeline: Timeline) -> list[Candidate]:
 
 
 def first_candidates(timeline: Timeline) -> list[Candidate]:
-    """Lookup temporal: which object appeared first (options: the first four task colours in order)."""
+    """Lookup and ordinal temporal: which object appeared first (options: the first four task colours)."""
     if not timeline.episodes:
         return []
     first = timeline.episodes[0]

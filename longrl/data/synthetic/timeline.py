@@ -64,9 +64,10 @@ class TaskConfig:
     For fewer frames per video keep the duration and lower fps (64 frames at 2 fps is the same 32 s task).
     size: frame side, a multiple of 56; 56 -> one 28x28 token per region, 112 -> 2x2 tokens per region.
 
-    colours: the task's colours (None: LOOKUP_COLOURS for lookup questions, DEFAULT_COLOURS for multihop).
-    objects_per_video: how many distinct colours one video uses, drawn from `colours` (None: 3 for lookup, so
-        one colour is missing and "how many times" can be 0; 4 for multihop).
+    colours: the task's colours (None: LOOKUP_COLOURS for lookup and ordinal questions, DEFAULT_COLOURS for
+        multihop).
+    objects_per_video: how many distinct colours one video uses, drawn from `colours` (None: 3 for lookup and
+        ordinal, so one colour is missing and "how many times" can be 0; 4 for multihop).
     min_appearances / max_appearances: how many episodes (appearances) a video tries to place.
     move_prob: chance that an episode slides to an adjacent region (goal questions need at least one).
     object_px: side of an object's square in pixels (None: 20/56 of the frame, i.e. 20 px at 56x56).
@@ -105,11 +106,11 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         """Check every knob; ConfigError naming the knob and the fix."""
-        lookup = self.questions != "multihop"
+        four_colours = self.questions != "multihop"  # lookup and ordinal: options are the four colours
         if self.colours is None:
-            object.__setattr__(self, "colours", LOOKUP_COLOURS if lookup else DEFAULT_COLOURS)
+            object.__setattr__(self, "colours", LOOKUP_COLOURS if four_colours else DEFAULT_COLOURS)
         if self.objects_per_video is None:
-            object.__setattr__(self, "objects_per_video", 3 if lookup else 4)
+            object.__setattr__(self, "objects_per_video", 3 if four_colours else 4)
         object.__setattr__(self, "colours", tuple(self.colours))
         for name in ("num_frames", "fps", "size", "objects_per_video", "min_appearances", "max_appearances"):
             value = getattr(self, name)
