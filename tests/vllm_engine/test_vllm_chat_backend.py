@@ -29,12 +29,16 @@ VLLM_OPTIONS = {
 
 def test_vllm_greedy_text_matches_hf_backend(tmp_path):
     folder = M.make_tiny(tmp_path / "tiny")
-    messages = [user_message("Question: What happens first?")]
+    # A prompt on which the random tiny model's greedy reply is whole characters. On others it emits stray
+    # byte tokens, which the two detokenizers render differently (HF as U+FFFD, vLLM holds them back), so
+    # the texts would differ although the tokens are the same.
+    messages = [user_message("Question: Where is the ball?")]
     hf = make_backend("hf", model=str(folder))
     try:
         expected = hf.chat(messages, max_tokens=8)
     finally:
         hf.close()
+    assert expected and "\ufffd" not in expected, expected
     backend = make_backend("vllm", model=str(folder), vllm_options=VLLM_OPTIONS)
     try:
         assert backend.chat(messages, max_tokens=8) == expected
