@@ -8,7 +8,7 @@ import pytest
 from helpers import run_cli
 
 from longrl.demo.plan import FULL, QUICK
-from longrl.demo.run import check_out_dir
+from longrl.demo.run import check_out_dir, run_demo
 from longrl.errors import ConfigError
 
 
@@ -24,6 +24,17 @@ def test_a_foreign_folder_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not written by `longrl demo`"):
         check_out_dir(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_folder_from_another_demo_version_is_refused(tmp_path):
+    """A marker without this plan's sizes (an older `longrl demo`, e.g. with lookup questions and an
+    uncalibrated model) is not continued: one clear error before any stage runs, nothing in it touched."""
+    marker = json.dumps({"plan": "quick", "seed": 0, "complete": True})
+    (tmp_path / "demo.json").write_text(marker)
+    with pytest.raises(ConfigError, match="another version of `longrl demo`"):
+        run_demo(tmp_path, quick=True)
+    assert (tmp_path / "demo.json").read_text() == marker
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json"]
 
 
 @pytest.mark.slow
