@@ -145,6 +145,7 @@ def _base_model(folder: Path, sft_rows: Path, plan: DemoPlan, seed: int) -> Path
     """The tiny model (random weights from `seed`), its vision projector calibrated on the first
     `plan.calibration_videos` videos of the SFT rows (longrl.models.calibrate); built beside `folder`, then
     renamed."""
+    from longrl.data import load_examples
     from longrl.models import make_tiny
     from longrl.models.calibrate import calibrate_vision_projector
 
@@ -154,12 +155,8 @@ def _base_model(folder: Path, sft_rows: Path, plan: DemoPlan, seed: int) -> Path
     shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder of our own from a killed run
     shutil.rmtree(folder, ignore_errors=True)
     make_tiny(tmp, seed=seed)
-    videos: list[Path] = []
-    for line in sft_rows.read_text().splitlines():
-        video = sft_rows.parent / json.loads(line)["videos"]
-        if line.strip() and video not in videos:
-            videos.append(video)
-    videos = videos[: plan.calibration_videos]
+    examples, _ = load_examples(sft_rows, None, on_bad_row="fail")
+    videos = list(dict.fromkeys(ex.video for ex in examples))[: plan.calibration_videos]  # distinct, in order
     report = calibrate_vision_projector(tmp, videos, num_frames=plan.frames)
     write_text_atomic(tmp / "calibrate.json", json.dumps(asdict(report), indent=2) + "\n")
     os.replace(tmp, folder)
