@@ -70,6 +70,15 @@ class Question:
         return self.options[self.answer_index]
 
 
+def _region_candidate(
+    category: str, question: str, where: str, reasoning: str, key: tuple, canonical: tuple[str, ...] = REGIONS
+) -> Candidate:
+    """A question whose answer is the region `where`; the distractors are the other three regions."""
+    return Candidate(
+        category, question, where, (tuple(r for r in REGIONS if r != where),), reasoning, key, canonical
+    )
+
+
 def seconds(t: float) -> str:
     """A timestamp as the prompt writes the sampled frames' times: one decimal and 's' (6 -> '6.0s')."""
     return f"{t:.1f}s"
@@ -128,15 +137,9 @@ def goal_candidates(timeline: Timeline) -> list[Candidate]:
             f"It starts to move at {seconds(e.move_start_s)} and stops in the {dest} at {seconds(e.move_end_s)}. "
             f"So the answer is {dest}."
         )
-        others = tuple(r for r in REGIONS if r != dest)
         out.append(
-            Candidate(
-                "goal",
-                f"Where is the moving {colour} object heading?",
-                dest,
-                (others,),
-                reasoning,
-                ("goal", colour),
+            _region_candidate(
+                "goal", f"Where is the moving {colour} object heading?", dest, reasoning, ("goal", colour), ()
             )
         )
     return out
@@ -159,15 +162,14 @@ def spatial_candidates(timeline: Timeline) -> list[Candidate]:
                 f"The {anchor.colour} object appears at {seconds(t)}. "
                 f"At that time the {e.colour} object is in the {where}. So the answer is {where}."
             )
-            others = tuple(r for r in REGIONS if r != where)
             out.append(
-                Candidate(
+                _region_candidate(
                     "spatial",
                     f"Where was the {e.colour} object when the {anchor.colour} object appeared?",
                     where,
-                    (others,),
                     reasoning,
                     ("spatial", anchor.colour, e.colour),
+                    (),
                 )
             )
     return out
@@ -249,14 +251,12 @@ def where_candidates(timeline: Timeline) -> list[Candidate]:
             continue
         where = REGIONS[e.region]
         out.append(
-            Candidate(
+            _region_candidate(
                 "spatial",
                 f"Where did the {e.colour} object appear?",
                 where,
-                (tuple(r for r in REGIONS if r != where),),
                 f"The {e.colour} object appears in the {where} at {seconds(e.start_s)}. So the answer is {where}.",
                 ("spatial", e.colour),
-                REGIONS,
             )
         )
     return out
@@ -298,14 +298,8 @@ def first_where_candidates(timeline: Timeline) -> list[Candidate]:
         f"So the answer is {where}."
     )
     return [
-        Candidate(
-            "spatial",
-            "Where did the first object appear?",
-            where,
-            (tuple(r for r in REGIONS if r != where),),
-            reasoning,
-            ("spatial", "first"),
-            REGIONS,
+        _region_candidate(
+            "spatial", "Where did the first object appear?", where, reasoning, ("spatial", "first")
         )
     ]
 
@@ -344,17 +338,7 @@ def last_heading_candidates(timeline: Timeline) -> list[Candidate]:
         f"It moves from the {REGIONS[e.region]} at {seconds(e.move_start_s)} to the {dest} at "
         f"{seconds(e.move_end_s)}. So the answer is {dest}."
     )
-    return [
-        Candidate(
-            "goal",
-            "Where is the last object heading?",
-            dest,
-            (tuple(r for r in REGIONS if r != dest),),
-            reasoning,
-            ("goal", "last"),
-            REGIONS,
-        )
-    ]
+    return [_region_candidate("goal", "Where is the last object heading?", dest, reasoning, ("goal", "last"))]
 
 
 _BUILDERS = {
