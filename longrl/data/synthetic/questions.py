@@ -79,6 +79,21 @@ def _region_candidate(
     )
 
 
+def _ordinal_colour_candidate(
+    timeline: Timeline, category: str, question: str, colour: str, reasoning: str, key: tuple
+) -> Candidate:
+    """Which object appeared first / last: the answer is `colour`; options are the task's colours in order."""
+    return Candidate(
+        category,
+        question,
+        colour,
+        _other_colours(timeline, {colour}),
+        reasoning,
+        key,
+        canonical=timeline.config.colours,
+    )
+
+
 def seconds(t: float) -> str:
     """A timestamp as the prompt writes the sampled frames' times: one decimal and 's' (6 -> '6.0s')."""
     return f"{t:.1f}s"
@@ -214,18 +229,15 @@ def first_candidates(timeline: Timeline) -> list[Candidate]:
     if not timeline.episodes:
         return []
     first = timeline.episodes[0]
-    colours = timeline.config.colours
     reasoning = f"The first object is the {first.colour} object at {seconds(first.start_s)}. So the answer is {first.colour}."
-    seen, unseen = _other_colours(timeline, {first.colour})
     return [
-        Candidate(
+        _ordinal_colour_candidate(
+            timeline,
             "temporal",
             "Which object appeared first?",
             first.colour,
-            (seen, unseen),
             reasoning,
             ("temporal", "first"),
-            canonical=colours,
         )
     ]
 
@@ -313,16 +325,9 @@ def last_candidates(timeline: Timeline) -> list[Candidate]:
         f"The last object to appear is the {last.colour} object at {seconds(last.start_s)}. "
         f"So the answer is {last.colour}."
     )
-    seen, unseen = _other_colours(timeline, {last.colour})
     return [
-        Candidate(
-            "plot",
-            "Which object appeared last?",
-            last.colour,
-            (seen, unseen),
-            reasoning,
-            ("plot", "last"),
-            canonical=timeline.config.colours,
+        _ordinal_colour_candidate(
+            timeline, "plot", "Which object appeared last?", last.colour, reasoning, ("plot", "last")
         )
     ]
 
