@@ -48,9 +48,12 @@ def test_quick_demo_end_to_end(tmp_path):
         assert summary[key]["n"] == QUICK.eval_questions
         assert 0.0 <= summary[key]["accuracy"] <= 1.0
     assert (out / "model" / "config.json").is_file()
-    # The base model's vision projector was calibrated on the SFT videos (models.calibrate has the math's test).
+    # The base model's vision projector was calibrated (and whitened) on the SFT videos (models.calibrate has
+    # the math's test).
     calibration = json.loads((out / "base_model" / "calibrate.json").read_text())
     assert calibration["videos"] == min(QUICK.calibration_videos, QUICK.sft_videos)
+    assert QUICK.calibration_whiten is not None and calibration["whiten"] == QUICK.calibration_whiten
+    assert calibration["top_share_after"] < calibration["top_share_before"]
     # The questions are the ordinal style (about the first and the last object), all four of them.
     eval_rows = (out / "data" / "eval" / "sft.jsonl").read_text().splitlines()
     asked = {json.loads(line)["problem"].split("\n")[0] for line in eval_rows}

@@ -142,9 +142,9 @@ def run_demo(
 
 # ---- stages ----------------------------------------------------------------------------------------------
 def _base_model(folder: Path, sft_rows: Path, plan: DemoPlan, seed: int) -> Path:
-    """The tiny model (random weights from `seed`), its vision projector calibrated on the first
-    `plan.calibration_videos` videos of the SFT rows (longrl.models.calibrate); built beside `folder`, then
-    renamed."""
+    """The tiny model (random weights from `seed`), its vision projector calibrated (centred, whitened) on
+    the first `plan.calibration_videos` videos of the SFT rows (longrl.models.calibrate); built beside
+    `folder`, then renamed."""
     from longrl.data import load_examples
     from longrl.models import make_tiny
     from longrl.models.calibrate import calibrate_vision_projector
@@ -157,7 +157,7 @@ def _base_model(folder: Path, sft_rows: Path, plan: DemoPlan, seed: int) -> Path
     make_tiny(tmp, seed=seed)
     examples, _ = load_examples(sft_rows, None, on_bad_row="fail")
     videos = list(dict.fromkeys(ex.video for ex in examples))[: plan.calibration_videos]  # distinct, in order
-    report = calibrate_vision_projector(tmp, videos, num_frames=plan.frames)
+    report = calibrate_vision_projector(tmp, videos, num_frames=plan.frames, whiten=plan.calibration_whiten)
     write_text_atomic(tmp / "calibrate.json", json.dumps(asdict(report), indent=2) + "\n")
     os.replace(tmp, folder)
     return folder
