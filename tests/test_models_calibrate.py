@@ -3,7 +3,8 @@ calibration videos are centred (and whitened, when asked) with the asked mean no
 projector's last layer changed.
 
 Reference: the tokens are re-encoded from the rewritten folder with a fresh `load_model` and measured with
-plain torch math (mean, norms); every other weight is compared exactly with the folder before.
+plain torch math (mean, norms, and an eigendecomposition for the whitening); every other weight is compared
+exactly with the folder before.
 """
 
 from __future__ import annotations
@@ -94,5 +95,6 @@ def test_mistakes_are_model_errors(tmp_path) -> None:
         calibrate_vision_projector(folder, [], num_frames=FRAMES)
     with pytest.raises(ModelError, match="target_norm must be positive"):
         calibrate_vision_projector(folder, [tmp_path / "x.mp4"], num_frames=FRAMES, target_norm=0.0)
-    with pytest.raises(ModelError, match="whiten"):
-        calibrate_vision_projector(folder, [tmp_path / "x.mp4"], num_frames=FRAMES, whiten=0.0)
+    for floor in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ModelError, match="whiten"):
+            calibrate_vision_projector(folder, [tmp_path / "x.mp4"], num_frames=FRAMES, whiten=floor)

@@ -30,11 +30,11 @@ class DemoPlan:
     frames: int = 32
     calibration_videos: int = 40  # SFT videos the base model's vision projector is calibrated on
     # ... and whitened with this eigenvalue floor (longrl.models.calibrate; None: centred and scaled only).
-    # Without whitening, where an object is (spatial, goal) was a few percent of its tokens and stayed at
-    # chance in three seeds; with 0.01 seed 1 learned spatial (27.6 -> 75.2%) (README: what was measured)
+    # Without whitening, where an object is (spatial, goal) was a few percent of its tokens' variance, and
+    # spatial stayed at chance in three seeds; with 0.01 the three seeds reach 61-69% on spatial (README)
     calibration_whiten: float | None = 0.01
     # CoT-SFT
-    sft_steps: int = 800  # ~0.16 s a step at batch 16 on 2 idle cores; 800: 52-64% after SFT (3 seeds)
+    sft_steps: int = 800  # ~0.16 s a step at batch 16 on 2 idle cores; 800: 69-71% after SFT (3 seeds)
     sft_batch: int = 16
     sft_lr: float = 3e-3
     # generate-data's filter stage on the RL pool, with the SFT model

@@ -142,9 +142,9 @@ def run_demo(
 
 # ---- stages ----------------------------------------------------------------------------------------------
 def _base_model(folder: Path, sft_rows: Path, plan: DemoPlan, seed: int) -> Path:
-    """The tiny model (random weights from `seed`), its vision projector calibrated (centred, whitened) on
-    the first `plan.calibration_videos` videos of the SFT rows (longrl.models.calibrate); built beside
-    `folder`, then renamed."""
+    """The tiny model (random weights from `seed`), its vision projector calibrated (centred, and whitened
+    unless `plan.calibration_whiten` is None) on the first `plan.calibration_videos` videos of the SFT rows
+    (longrl.models.calibrate); built beside `folder`, then renamed."""
     from longrl.data import load_examples
     from longrl.models import make_tiny
     from longrl.models.calibrate import calibrate_vision_projector
