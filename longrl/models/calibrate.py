@@ -34,10 +34,10 @@ class CalibrationReport:
     mean_cosine_after: float
     norm_before: float
     norm_after: float
-    whiten: float | None = (
-        None  # the eigenvalue floor, as a fraction of the mean eigenvalue (None: no whitening)
-    )
-    top_share_before: float = 0.0  # share of the tokens' variance along their first principal direction
+    # the whitening's eigenvalue floor, as a fraction of the mean eigenvalue (None: not whitened)
+    whiten: float | None = None
+    # share of the tokens' variance along their first principal direction
+    top_share_before: float = 0.0
     top_share_after: float = 0.0
 
 
