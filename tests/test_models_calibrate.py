@@ -36,11 +36,17 @@ def _weights(folder) -> dict[str, torch.Tensor]:
     return M.load_model(folder).adapter.model.state_dict()
 
 
-def test_tokens_centred_with_the_target_norm_and_only_the_projector_changed(tmp_path) -> None:
+def _videos_and_model_copy(tmp_path):
+    """Three short videos, a tiny model folder, and a copy of it for the calibration to rewrite."""
     videos = [write_video(tmp_path / f"v{i}.mp4", num_frames=12 + 4 * i, fps=4) for i in range(3)]
     before_dir = M.tiny(tmp_path / "before")
     folder = tmp_path / "model"
     shutil.copytree(before_dir, folder)
+    return videos, before_dir, folder
+
+
+def test_tokens_centred_with_the_target_norm_and_only_the_projector_changed(tmp_path) -> None:
+    videos, before_dir, folder = _videos_and_model_copy(tmp_path)
     before = _tokens(before_dir, videos)
     report = calibrate_vision_projector(folder, videos, num_frames=FRAMES, target_norm=2.0)
 
@@ -61,10 +67,7 @@ def test_tokens_centred_with_the_target_norm_and_only_the_projector_changed(tmp_
 
 
 def test_whitening_evens_out_the_principal_directions(tmp_path) -> None:
-    videos = [write_video(tmp_path / f"v{i}.mp4", num_frames=12 + 4 * i, fps=4) for i in range(3)]
-    before_dir = M.tiny(tmp_path / "before")
-    folder = tmp_path / "model"
-    shutil.copytree(before_dir, folder)
+    videos, before_dir, folder = _videos_and_model_copy(tmp_path)
     before = _tokens(before_dir, videos).double()
     report = calibrate_vision_projector(folder, videos, num_frames=FRAMES, target_norm=2.0, whiten=0.01)
 
