@@ -34,10 +34,10 @@ def test_vision_passes_per_prompt_are_counted(measured):
     vanilla, mrsp = results[("vanilla", 1)][0][4], results[("mrsp", 1)][0][4]
     per_video = vanilla["patches_per_video"]
     assert per_video == mrsp["patches_per_video"] > 0
-    # MR-SP: one encode per video per step. Vanilla: one per rollout (G) and per sequence of the old-policy,
-    # reference and update prefills (G each, one PPO epoch).
+    # MR-SP: one encode per video per step. Vanilla: one per rollout (G) and per sequence of the reference
+    # and update prefills (G each, one PPO epoch; the on-policy update needs no old-logprob prefill).
     assert mrsp["patches"] == shape.prompts * per_video
-    assert vanilla["patches"] == shape.prompts * per_video * 4 * shape.n
+    assert vanilla["patches"] == shape.prompts * per_video * 3 * shape.n
 
 
 def test_rows_report_speedup_against_vanilla_and_the_passes(measured):
@@ -45,7 +45,7 @@ def test_rows_report_speedup_against_vanilla_and_the_passes(measured):
     rows = _rows(results, [("vanilla", 1), ("mrsp", 1)], [4], shape, CPU)
     assert [r.impl for r in rows] == ["vanilla (re-encode, no SP)", "MR-SP sp=1"]
     assert rows[0].speedup == pytest.approx(1.0) and rows[1].speedup > 0
-    assert "vision passes/prompt 12.0" in rows[0].note and "vision passes/prompt 1.0" in rows[1].note
+    assert "vision passes/prompt 9.0" in rows[0].note and "vision passes/prompt 1.0" in rows[1].note
     assert all(r.median_ms > 0 for r in rows)
 
 

@@ -24,6 +24,7 @@ import torch
 from videos import write_video
 
 import longrl.models as M
+import longrl.rl.step as step_module
 from longrl.data.schema import Example
 from longrl.models.loading import load_model
 from longrl.parallel.groups import single_process_state
@@ -204,7 +205,7 @@ def test_first_update_has_ratio_one_and_the_hand_written_gradient(assets):
     out = grpo_step(setup, examples, step=0)
     m, batch = out.metrics, out.batch
     assert len(batch) == 3 * 4 and m["groups_kept"] == 3 and m["updates"] == 1
-    # Old logprobs (eval, no grad) and the update's (train, grad) are the same computation: ratio exactly 1.
+    # One epoch, one mini-batch: the update's own logprobs, detached, are the old ones: ratio exactly 1.
     assert m["ratio_mean"] == 1.0 and m["clip_frac"] == 0.0 and m["approx_kl"] == 0.0
     assert "tis_weight_mean" not in m  # tis "auto" with the hf engine: no correction
     # The engine sampled at the trainer's positions: its logprobs agree with the trainer's old logprobs.
@@ -219,6 +220,29 @@ def test_first_update_has_ratio_one_and_the_hand_written_gradient(assets):
     _assert_grads_close(
         setup.optimizer.grads[0], _named_grads(setup.adapter.model, loss), what="step vs hand"
     )
+
+
+def test_on_policy_update_skips_the_old_logprob_pass_and_matches_it(assets, monkeypatch):
+    """One PPO epoch and one mini-batch: the update's own logprobs, detached, replace the separate old-logprob
+    prefill. Forcing that prefill back gives the same rollouts, old logprobs (1e-5), loss and gradient."""
+    model_dir, videos = assets
+    examples = _examples(videos, 3)
+    algo = AlgoConfig(kl_coef=0.05)
+    fast = _setup(model_dir, algo=algo)
+    out_fast = grpo_step(fast, examples, step=2)
+    assert "time/old" not in out_fast.metrics and out_fast.metrics["ratio_mean"] == 1.0
+
+    monkeypatch.setattr(step_module, "_on_policy", lambda algo, plan: False)
+    separate = _setup(model_dir, algo=algo)
+    out_sep = grpo_step(separate, examples, step=2)
+    assert "time/old" in out_sep.metrics
+    assert torch.equal(out_fast.batch.input_ids, out_sep.batch.input_ids)
+    mask = out_fast.batch.loss_mask
+    torch.testing.assert_close(
+        out_fast.old_logprobs[mask], out_sep.old_logprobs[mask], atol=LOGP_ATOL, rtol=0
+    )
+    assert out_fast.metrics["loss"] == pytest.approx(out_sep.metrics["loss"], abs=1e-6)
+    _assert_grads_close(fast.optimizer.grads[0], separate.optimizer.grads[0], what="on-policy vs old pass")
 
 
 def test_micro_batches_and_mini_batch_planning_give_the_whole_batch_gradient(assets):

@@ -1,21 +1,23 @@
 """`longrl bench rl-step`: one GRPO step with MR-SP against the vanilla pipeline, at several frame counts.
 
 Both variants run the same `longrl.rl.step.grpo_step` (P prompts, each with its own video, G rollouts of a
-fixed length (no stop token), rewards, advantages, old + reference logprobs, one PPO update with AdamW) on the
-same model and machine. They differ only in how often the vision tower runs and in sequence parallelism:
+fixed length (no stop token), rewards, advantages, reference logprobs, one PPO update with AdamW, which is
+on-policy, so no separate old-logprob prefill) on the same model and machine. They differ only in how often
+the vision tower runs and in sequence parallelism:
 
 - MR-SP: each video is encoded once per step (frames sharded over the sp ranks, gathered, put in a fresh
   embedding cache), every rollout and every prefill reuses the cached embedding, the prefills run
   sequence-parallel over `sp` processes (`run_local`, gloo on CPU, one GPU per rank on CUDA).
 - vanilla: no cache and no SP: the video is encoded again for every rollout (each of the G samples is its own
   generate call, as a pipeline that ships pixels with every request does) and for every sequence of every
-  prefill (old policy, reference, update), like a trainer whose batch carries pixel values.
+  prefill (reference, update), like a trainer whose batch carries pixel values.
 
 Each step starts with a cold cache (a step pays for its own encodes), after one warm-up step. The table shows
 the median step time, the speed-up of MR-SP over vanilla and the vision-encoder passes per prompt (patches the
-tower processed, summed over ranks, over the patches of one video: vanilla G + G * (old + ref + epochs),
-MR-SP 1). On CPU every rank runs single-threaded, one core standing in for one device: sp = 2 uses two cores
-where vanilla and sp = 1 use one (on a shared machine, other processes on those cores show up as noise).
+tower processed, summed over ranks, over the patches of one video: vanilla G + G * (ref + epochs), MR-SP
+1; before the on-policy update skipped the old-logprob prefill, vanilla also paid G for it). On CPU every
+rank runs single-threaded, one core standing in for one device: sp = 2 uses two cores where vanilla and
+sp = 1 use one (on a shared machine, other processes on those cores show up as noise).
 
 CPU: the tiny Qwen2.5-VL (fp32), frames 32, 64, 128 (quick: 16, 32), P = 2 prompts, G = 8 (quick 4), 32 new
 tokens (quick 8). CUDA: a mid-size random model (4 text layers of 2048, an 8-layer 1024-wide vision tower),

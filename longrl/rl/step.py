@@ -22,7 +22,9 @@ The stages, in order (the trainer and `longrl bench rl-step` both run exactly th
    cut). Reward metrics average over every response generated.
 4. Old logprobs (policy in eval mode, no grad) and reference logprobs, via the SP prefill
    (`sp_token_logprobs`), at the rollout's logprob temperature (`SamplingParams.logprob_temperature`), in the
-   same micro-batches as the first update: with one PPO epoch and one mini-batch the ratio is exactly 1.
+   same micro-batches as the first update. With one PPO epoch and one mini-batch (the default) the update is
+   on-policy: the old logprobs would equal the update's own, so that prefill is skipped and the update's
+   logprobs, detached, stand in (ratio exactly 1, as verl does); this saves one forward of every sequence.
 5. algo.ppo_epochs passes over mini-batches (algo.mini_batch_size sequences per dp rank; None = all), each
    split into micro-batches: clipped surrogate + kl_coef * KL, normalized by the counts of the whole
    mini-batch over all dp ranks (`GlobalCounts`), so any dp / micro-batch split gives the gradient of one big
@@ -476,9 +478,14 @@ def update_policy(
     ref: torch.Tensor | None,
     plan: list[list[slice]],
     temperature: float,
-) -> dict[str, float]:
-    """algo.ppo_epochs passes over the plan's mini-batches; one optimizer step per mini-batch."""
+) -> tuple[dict[str, float], torch.Tensor | None]:
+    """algo.ppo_epochs passes over the plan's mini-batches; one optimizer step per mini-batch. old None (an
+    on-policy update, `_on_policy`): each micro-batch's own logprobs, detached, are its old logprobs. Returns
+    the metrics and the old logprobs used ([N, L] float32; None without a batch)."""
     algo, state, adapter = setup.algo, setup.state, setup.adapter
+    on_policy = old is None
+    if on_policy and batch is not None:
+        old = torch.zeros(batch.targets.shape, dtype=torch.float32, device=adapter.device)
     params = setup.trainable()
     device = adapter.device
     means = _Means()
@@ -501,6 +508,8 @@ def update_policy(
                         adapter, part, state, temperature=temperature, attn=setup.sp_attn, return_entropy=True
                     )
                 width = logp.shape[1]
+                if on_policy:
+                    old[rows, :width] = logp.detach().float()
                 mask = part.loss_mask.to(device)
                 counts = GlobalCounts(tokens=tokens, seq_tokens=mask.sum(-1), seqs=seqs)
                 loss, metrics = policy_loss(
@@ -554,7 +563,13 @@ def update_policy(
     out["grad_norm"] = float(np.mean(norms)) if norms else 0.0
     out["updates"] = float(len(losses) - skipped)
     out["updates_skipped"] = float(skipped)
-    return out
+    return out, old
+
+
+def _on_policy(algo: AlgoConfig, plan: list[list[slice | None]]) -> bool:
+    """One optimizer step on this batch (one PPO epoch, at most one mini-batch, the same count on every rank):
+    the policy that scores the update is the one that sampled, so no separate old-logprob pass is needed."""
+    return algo.ppo_epochs == 1 and len(plan) <= 1
 
 
 def _padding_backward(setup: GRPOSetup, temperature: float) -> None:
@@ -602,20 +617,20 @@ def grpo_step(
 
     old = ref = None
     # FSDP: a rank without sequences still runs the others' number of forwards (padding).
-    if batch is not None or sharded:
+    if (batch is not None or sharded) and not _on_policy(algo, plan):
         with timer.section("old"), torch.no_grad(), eval_mode(setup.adapter.model):
             old = _prefill_all(
                 setup, batch, plan,
                 lambda part: sequence_logprobs(setup.adapter, part, state, temperature=temperature, attn=setup.sp_attn),
             )  # fmt: skip
-        if setup.reference is not None:
-            with timer.section("ref"):
-                ref = _prefill_all(
-                    setup, batch, plan,
-                    lambda part: setup.reference.logprobs(part, state, temperature=temperature, attn=setup.sp_attn),
-                )  # fmt: skip
+    if (batch is not None or sharded) and setup.reference is not None:
+        with timer.section("ref"):
+            ref = _prefill_all(
+                setup, batch, plan,
+                lambda part: setup.reference.logprobs(part, state, temperature=temperature, attn=setup.sp_attn),
+            )  # fmt: skip
     with timer.section("update"):
-        update = update_policy(setup, batch, old, ref, plan, temperature)
+        update, old = update_policy(setup, batch, old, ref, plan, temperature)
 
     metrics = _rollout_metrics(rollouts, state)
     metrics.update(update)
