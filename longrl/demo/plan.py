@@ -44,7 +44,7 @@ class DemoPlan:
     rl_group: int = 8
     # lr 5e-4 without KL broke the chain of thought of a 50%-SFT model within 60 steps ("So the.0s."). With
     # lr 1e-4 and KL 0.05 GRPO raised spatial but the other categories drifted down; KL 0.2 holds them, and
-    # lr 3e-4 for 200 steps (~1.5 s a step) lets spatial keep rising (README: what was tried)
+    # lr 3e-4 for 200 steps (~1.2 s a step) lets spatial keep rising (README: what was tried)
     rl_steps: int = 200
     rl_lr: float = 3e-4
     rl_kl_coef: float = 0.2
