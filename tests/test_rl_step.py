@@ -224,16 +224,20 @@ def test_first_update_has_ratio_one_and_the_hand_written_gradient(assets):
 
 def test_on_policy_update_skips_the_old_logprob_pass_and_matches_it(assets, monkeypatch):
     """One PPO epoch and one mini-batch: the update's own logprobs, detached, replace the separate old-logprob
-    prefill. Forcing that prefill back gives the same rollouts, old logprobs (1e-5), loss and gradient."""
+    prefill. Forcing that prefill back gives the same rollouts, old logprobs (1e-5), loss and gradient, with
+    the KL term and TIS weights in the loss."""
     model_dir, videos = assets
     examples = _examples(videos, 3)
-    algo = AlgoConfig(kl_coef=0.05)
-    fast = _setup(model_dir, algo=algo)
+    other = load_model(M.make_tiny(model_dir.parent / "other_kl", seed=1)).adapter  # KL in the loss
+    algo = AlgoConfig(kl_coef=0.05, tis="on")  # TIS on: its weights use the old logprobs too
+    fast = _setup(model_dir, algo=algo, reference=lambda _: Reference(other))
     out_fast = grpo_step(fast, examples, step=2)
     assert "time/old" not in out_fast.metrics and out_fast.metrics["ratio_mean"] == 1.0
+    assert out_fast.metrics["kl"] > 0.01
+    assert out_fast.metrics["tis_weight_mean"] == pytest.approx(1.0, abs=1e-4)
 
     monkeypatch.setattr(step_module, "_on_policy", lambda algo, plan: False)
-    separate = _setup(model_dir, algo=algo)
+    separate = _setup(model_dir, algo=algo, reference=lambda _: Reference(other))
     out_sep = grpo_step(separate, examples, step=2)
     assert "time/old" in out_sep.metrics
     assert torch.equal(out_fast.batch.input_ids, out_sep.batch.input_ids)
@@ -243,6 +247,13 @@ def test_on_policy_update_skips_the_old_logprob_pass_and_matches_it(assets, monk
     )
     assert out_fast.metrics["loss"] == pytest.approx(out_sep.metrics["loss"], abs=1e-6)
     _assert_grads_close(fast.optimizer.grads[0], separate.optimizer.grads[0], what="on-policy vs old pass")
+
+
+def test_only_one_optimizer_step_per_batch_counts_as_on_policy():
+    one = [[slice(0, 8)]]
+    assert step_module._on_policy(AlgoConfig(), one) and step_module._on_policy(AlgoConfig(), [])
+    assert not step_module._on_policy(AlgoConfig(ppo_epochs=2), one)  # the second epoch sees a moved policy
+    assert not step_module._on_policy(AlgoConfig(), [[slice(0, 4)], [slice(4, 8)]])  # two mini-batches
 
 
 def test_micro_batches_and_mini_batch_planning_give_the_whole_batch_gradient(assets):

@@ -1,7 +1,7 @@
 """The GRPO step with two processes (gloo, CPU) gives the single-process update.
 
 One 2-process world runs two layouts in turn: dp 2 (each rank 2 of the 4 prompts) and sp 2 (both ranks the
-same 4 prompts: rollouts split over the ranks and gathered, sequence-parallel old/reference/update prefills
+same 4 prompts: rollouts split over the ranks and gathered, sequence-parallel reference/update prefills
 with ring attention). Each is compared with one process on the 4 prompts, with KL to a frozen reference:
 the same rollouts (token for token: sampling seeds depend on the prompt's global index, and
 prompt_batch_size = 1 makes each prompt its own engine call), the same synced gradient (max|g - g_ref| <=

@@ -23,8 +23,9 @@ The stages, in order (the trainer and `longrl bench rl-step` both run exactly th
 4. Old logprobs (policy in eval mode, no grad) and reference logprobs, via the SP prefill
    (`sp_token_logprobs`), at the rollout's logprob temperature (`SamplingParams.logprob_temperature`), in the
    same micro-batches as the first update. With one PPO epoch and one mini-batch (the default) the update is
-   on-policy: the old logprobs would equal the update's own, so that prefill is skipped and the update's
-   logprobs, detached, stand in (ratio exactly 1, as verl does); this saves one forward of every sequence.
+   on-policy: without dropout the old logprobs would equal the update's own, so that prefill is skipped and
+   the update's logprobs, detached, stand in (ratio exactly 1, as verl does; with dropout, e.g. LoRA's, they
+   carry the update's dropout mask); this saves one forward of every sequence.
 5. algo.ppo_epochs passes over mini-batches (algo.mini_batch_size sequences per dp rank; None = all), each
    split into micro-batches: clipped surrogate + kl_coef * KL, normalized by the counts of the whole
    mini-batch over all dp ranks (`GlobalCounts`), so any dp / micro-batch split gives the gradient of one big
@@ -485,6 +486,7 @@ def update_policy(
     algo, state, adapter = setup.algo, setup.state, setup.adapter
     on_policy = old is None
     if on_policy and batch is not None:
+        assert _on_policy(algo, plan), "old logprobs are needed: more than one optimizer step on this batch"
         old = torch.zeros(batch.targets.shape, dtype=torch.float32, device=adapter.device)
     params = setup.trainable()
     device = adapter.device
