@@ -8,8 +8,10 @@ import pytest
 from helpers import run_cli
 
 from longrl.demo.plan import FULL, QUICK
+from longrl.demo.report import DemoReport, paired_gain
 from longrl.demo.run import check_out_dir, run_demo
 from longrl.errors import ConfigError
+from longrl.eval.scoring import wilson_interval
 
 
 def test_plans_are_consistent():
@@ -17,6 +19,27 @@ def test_plans_are_consistent():
         assert plan.rl_group >= 2  # GRPO's advantages need groups
         assert plan.frames % 2 == 0 and plan.frames <= plan.video_frames
     assert FULL.eval_questions >= 1000  # about +-3 points of 95% interval
+
+
+def _metrics(correct: int, n: int) -> dict:
+    return {"n": n, "accuracy": correct / n, "ci95": list(wilson_interval(correct, n)), "per_category": {}}
+
+
+def test_the_report_gives_the_paired_gain_next_to_the_intervals():
+    """60 -> 70 of 100 with every change a fix: the two Wilson intervals overlap, the paired gain's interval
+    (+10 points +- 1.96 * sqrt(0.09 * 100 / 99) / 10 = +-5.9) does not reach zero."""
+    before = {f"q{i}": {"accuracy": float(i < 60)} for i in range(100)}
+    after = {f"q{i}": {"accuracy": float(i < 70)} for i in range(100)}
+    after["only-after"] = {"accuracy": 1.0}  # scored once: not paired
+    gain = paired_gain(before, after)
+    assert gain["n"] == 100 and gain["mean"] == pytest.approx(0.1)
+    assert gain["ci95"] == pytest.approx([0.1 - 0.0591, 0.1 + 0.0591], abs=1e-4)
+    report = DemoReport(
+        plan=FULL, seed=0, chance=0.25, after_sft=_metrics(60, 100), after_rl=_metrics(70, 100), gain=gain
+    )
+    assert report.verdict() == {"sft_above_chance": True, "rl_above_sft": False, "rl_gain_above_zero": True}
+    assert "+10.0 points [+4.1, +15.9] (paired 95% CI, n=100)" in report.markdown()
+    assert report.to_dict()["rl_minus_sft"] == gain
 
 
 def test_a_foreign_folder_is_refused(tmp_path):
@@ -47,6 +70,7 @@ def test_quick_demo_end_to_end(tmp_path):
     for key in ("after_sft", "after_rl"):
         assert summary[key]["n"] == QUICK.eval_questions
         assert 0.0 <= summary[key]["accuracy"] <= 1.0
+    assert summary["rl_minus_sft"]["n"] == QUICK.eval_questions
     assert (out / "model" / "config.json").is_file()
     # The base model's vision projector was calibrated (and whitened) on the SFT videos (models.calibrate has
     # the math's test).
@@ -66,7 +90,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rl_metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in rl_metrics] == list(range(1, QUICK.rl_steps + 1))
-    assert "after GRPO" in result.stdout and "chance" in result.stdout
+    assert "after GRPO" in result.stdout and "chance" in result.stdout and "RL minus SFT" in result.stdout
     # A second run finds everything done and reprints the same table.
     again = run_cli("demo", "--quick", "--out", str(out), cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

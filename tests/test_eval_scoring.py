@@ -9,6 +9,7 @@ import pytest
 
 from longrl.eval.items import duration_bucket
 from longrl.eval.scoring import (
+    paired_difference_interval,
     pass_at_k,
     pass_k_values,
     score_response,
@@ -19,6 +20,30 @@ from longrl.eval.scoring import (
 from longrl.rl.rewards import RewardConfig
 
 TOL = 1e-4  # the published Wilson bounds are given to 4 decimals
+
+
+def test_paired_difference_interval_by_hand():
+    # differences 0, 1, 0, 1, -1: mean 0.2, squared deviations 0.04 + 0.64 + 0.04 + 0.64 + 1.44 = 2.8,
+    # sample variance 2.8 / 4 = 0.7, half-width 1.959964 * sqrt(0.7 / 5) = 0.733351.
+    mean, lo, hi = paired_difference_interval([1, 0, 1, 0, 1], [1, 1, 1, 1, 0])
+    assert mean == pytest.approx(0.2, abs=1e-12)
+    assert (lo, hi) == pytest.approx((0.2 - 0.733351, 0.2 + 0.733351), abs=1e-6)
+
+
+def test_paired_interval_is_narrower_than_side_by_side_wilson_when_items_agree():
+    """Items both scorings get right (or wrong) carry no difference: 90 shared right, 10 fixed by training."""
+    before = [1.0] * 90 + [0.0] * 110
+    after = [1.0] * 100 + [0.0] * 100
+    mean, lo, hi = paired_difference_interval(before, after)
+    assert mean == pytest.approx(0.05) and lo > 0
+    assert wilson_interval(100, 200)[0] < wilson_interval(90, 200)[1]  # side by side they overlap
+
+
+def test_paired_difference_interval_refuses_unpaired_or_single_items():
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_difference_interval([1, 0], [1])
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_difference_interval([1], [0])
 
 
 @pytest.mark.parametrize(

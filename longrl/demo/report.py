@@ -1,4 +1,5 @@
-"""The demo's final table: chance, after CoT-SFT, after GRPO — overall and per category, with 95% CIs."""
+"""The demo's final table: chance, after CoT-SFT, after GRPO — overall and per category, with 95% CIs — and
+GRPO's gain over SFT on the same questions, with its paired 95% CI."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from longrl.atomic import write_text_atomic
 from longrl.demo.plan import DemoPlan
+from longrl.eval.scoring import paired_difference_interval
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -25,6 +27,23 @@ def _rows(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for name, entry in sorted(metrics.get("per_category", {}).items()):
         rows[name] = entry
     return rows
+
+
+def paired_gain(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """GRPO minus SFT on the questions both evals scored (`longrl eval` prediction records by id):
+    {"n", "mean", "ci95"} as fractions (see `paired_difference_interval`)."""
+    ids = sorted(set(before) & set(after))
+    mean, lo, hi = paired_difference_interval(
+        [before[i]["accuracy"] for i in ids], [after[i]["accuracy"] for i in ids]
+    )
+    return {"n": len(ids), "mean": mean, "ci95": [lo, hi]}
+
+
+def _gain_text(gain: dict[str, Any]) -> str:
+    lo, hi = gain["ci95"]
+    return (
+        f"{100 * gain['mean']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}] (paired 95% CI, n={gain['n']})"
+    )
 
 
 def intervals_separate(lower: dict[str, Any], upper: dict[str, Any]) -> bool:
@@ -46,6 +65,8 @@ class DemoReport:
     reward_curve: Path | None = None
     model_dir: Path | None = None
     rl_rows: int = 0
+    # after GRPO minus after SFT on the same questions (`paired_gain`); None when not measured
+    gain: dict[str, Any] | None = None
 
     def table_rows(self) -> list[tuple[str, str, str, str]]:
         sft, rl = _rows(self.after_sft), _rows(self.after_rl)
@@ -58,12 +79,16 @@ class DemoReport:
         return out
 
     def verdict(self) -> dict[str, bool]:
-        """The demo's claims on the overall accuracy: SFT above chance, RL above SFT (non-overlapping CIs)."""
+        """The demo's claims on the overall accuracy: SFT above chance, RL above SFT (non-overlapping CIs),
+        and, where measured, the paired gain's interval above zero."""
         sft, rl = self.after_sft, self.after_rl
-        return {
+        out = {
             "sft_above_chance": sft["ci95"][0] > self.chance,
             "rl_above_sft": intervals_separate(sft, rl),
         }
+        if self.gain is not None:
+            out["rl_gain_above_zero"] = self.gain["ci95"][0] > 0
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +106,7 @@ class DemoReport:
                 for k, v in self.after_rl.items()
                 if k in ("n", "accuracy", "ci95", "format_rate", "per_category")
             },
+            "rl_minus_sft": self.gain,
             "verdict": self.verdict(),
             "rl_rows": self.rl_rows,
             "stage_seconds": {k: round(v, 1) for k, v in self.stage_seconds.items()},
@@ -100,6 +126,8 @@ class DemoReport:
             "|---|---|---|---|",
         ]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.table_rows()]
+        if self.gain is not None:
+            lines += ["", f"After GRPO minus after SFT, same questions: {_gain_text(self.gain)}."]
         lines += [
             "",
             f"Total time: {self.total_seconds:.0f} s (target {60 * self.plan.target_minutes:.0f} s).",
@@ -117,6 +145,7 @@ class DemoReport:
             [
                 f"SFT above chance: {'yes' if v['sft_above_chance'] else 'no'}; "
                 f"RL above SFT (non-overlapping 95% CIs): {'yes' if v['rl_above_sft'] else 'no'}",
+                *([f"RL minus SFT: {_gain_text(self.gain)}"] if self.gain is not None else []),
                 f"time: {self.total_seconds:.0f} s (target {target:.0f} s on 2 CPU cores)",
                 f"model: {self.model_dir}"
                 + (f"   reward curve: {self.reward_curve}" if self.reward_curve else ""),

@@ -35,7 +35,7 @@ from rich.console import Console
 
 from longrl.atomic import write_text_atomic
 from longrl.demo.plan import DemoPlan, plan_for
-from longrl.demo.report import DemoReport, accuracy_table
+from longrl.demo.report import DemoReport, accuracy_table, paired_gain
 from longrl.errors import ConfigError, LongRLError
 
 MARKER = "demo.json"
@@ -130,6 +130,7 @@ def run_demo(
         reward_curve=curve,
         model_dir=out / "model",
         rl_rows=_count_rows(rl_rows),
+        gain=paired_gain(_predictions(out / "eval_sft", plan), _predictions(out / "eval_rl", plan)),
     )
     report.write(out)
     _write_marker(
@@ -310,6 +311,14 @@ def _reward_curve(run_dir: Path, png: Path) -> Path | None:
         return plot_run(run_dir, png)
     except LongRLError:
         return None
+
+
+def _predictions(eval_folder: Path, plan: DemoPlan) -> dict[str, dict[str, Any]]:
+    """`longrl eval`'s per-question records of one demo eval, by question id."""
+    from longrl.eval.predictions import load_predictions
+    from longrl.eval.runner import PREDICTIONS
+
+    return load_predictions(eval_folder / f"frames_{plan.frames}" / PREDICTIONS)
 
 
 def _count_rows(path: Path) -> int:
