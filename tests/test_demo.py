@@ -40,6 +40,12 @@ def test_the_report_gives_the_paired_gain_next_to_the_intervals():
     assert report.verdict() == {"sft_above_chance": True, "rl_above_sft": False, "rl_gain_above_zero": True}
     assert "+10.0 points [+4.1, +15.9] (paired 95% CI, n=100)" in report.markdown()
     assert report.to_dict()["rl_minus_sft"] == gain
+    # No answer changed: no interval to speak of; fewer than 2 shared questions: no gain at all.
+    same = paired_gain(before, before)
+    assert same["ci95"] == [0.0, 0.0]
+    report.gain = same
+    assert "+0.0 points, the same on every question (n=100): no interval" in report.markdown()
+    assert paired_gain({"q0": {"accuracy": 1.0}}, after) is None
 
 
 def test_a_foreign_folder_is_refused(tmp_path):

@@ -30,7 +30,7 @@ def test_paired_difference_interval_by_hand():
     assert (lo, hi) == pytest.approx((0.2 - 0.733351, 0.2 + 0.733351), abs=1e-6)
 
 
-def test_paired_interval_is_narrower_than_side_by_side_wilson_when_items_agree():
+def test_paired_interval_excludes_zero_where_the_wilson_intervals_overlap():
     """Items both scorings get right (or wrong) carry no difference: 90 shared right, 10 fixed by training."""
     before = [1.0] * 90 + [0.0] * 110
     after = [1.0] * 100 + [0.0] * 100

@@ -29,10 +29,12 @@ def _rows(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def paired_gain(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """GRPO minus SFT on the questions both evals scored (`longrl eval` prediction records by id):
-    {"n", "mean", "ci95"} as fractions (see `paired_difference_interval`)."""
+def paired_gain(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """After minus before on the questions both evals scored (`longrl eval` prediction records by id):
+    {"n", "mean", "ci95"} as fractions (see `paired_difference_interval`); None when fewer than 2 are shared."""
     ids = sorted(set(before) & set(after))
+    if len(ids) < 2:
+        return None
     mean, lo, hi = paired_difference_interval(
         [before[i]["accuracy"] for i in ids], [after[i]["accuracy"] for i in ids]
     )
@@ -41,6 +43,8 @@ def paired_gain(before: dict[str, dict[str, Any]], after: dict[str, dict[str, An
 
 def _gain_text(gain: dict[str, Any]) -> str:
     lo, hi = gain["ci95"]
+    if lo == hi:  # every question moved by the same amount (in practice: no answer changed)
+        return f"{100 * gain['mean']:+.1f} points, the same on every question (n={gain['n']}): no interval"
     return (
         f"{100 * gain['mean']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}] (paired 95% CI, n={gain['n']})"
     )

@@ -130,7 +130,9 @@ def run_demo(
         reward_curve=curve,
         model_dir=out / "model",
         rl_rows=_count_rows(rl_rows),
-        gain=paired_gain(_predictions(out / "eval_sft", plan), _predictions(out / "eval_rl", plan)),
+        gain=paired_gain(
+            _predictions(out / "eval_sft", plan.frames), _predictions(out / "eval_rl", plan.frames)
+        ),
     )
     report.write(out)
     _write_marker(
@@ -313,12 +315,13 @@ def _reward_curve(run_dir: Path, png: Path) -> Path | None:
         return None
 
 
-def _predictions(eval_folder: Path, plan: DemoPlan) -> dict[str, dict[str, Any]]:
-    """`longrl eval`'s per-question records of one demo eval, by question id."""
+def _predictions(eval_folder: Path, frames: int) -> dict[str, dict[str, Any]]:
+    """`longrl eval`'s per-question records of one demo eval at `frames` frames, by question id (read as an
+    eval resume reads them: a line for a video that failed to decode is dropped from the file)."""
     from longrl.eval.predictions import load_predictions
     from longrl.eval.runner import PREDICTIONS
 
-    return load_predictions(eval_folder / f"frames_{plan.frames}" / PREDICTIONS)
+    return load_predictions(eval_folder / f"frames_{frames}" / PREDICTIONS)
 
 
 def _count_rows(path: Path) -> int:
