@@ -14,7 +14,7 @@ Output folder (every stage resumes from what it finds, so rerunning the same com
     model/                 the trained model (HF folder)
     reward_curve.png       the RL reward curve
     demo.json  demo.md     the final table (chance, after SFT, after RL; overall and per category, 95% CIs),
-                           the stage times and the plan
+                           RL's paired gain over SFT, the stage times and the plan
 """
 
 from __future__ import annotations
