@@ -319,9 +319,9 @@ def _predictions(eval_folder: Path, frames: int) -> dict[str, dict[str, Any]]:
     """`longrl eval`'s per-question records of one demo eval at `frames` frames, by question id (read as an
     eval resume reads them: a line for a video that failed to decode is dropped from the file)."""
     from longrl.eval.predictions import load_predictions
-    from longrl.eval.runner import PREDICTIONS
+    from longrl.eval.runner import PREDICTIONS, frames_label
 
-    return load_predictions(eval_folder / f"frames_{frames}" / PREDICTIONS)
+    return load_predictions(eval_folder / frames_label(frames) / PREDICTIONS)
 
 
 def _count_rows(path: Path) -> int:

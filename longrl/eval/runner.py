@@ -58,6 +58,11 @@ RESUME_KEYS = (
 ProgressFn = Callable[[str, int, int], None]  # (setting label, items done, items in all)
 
 
+def frames_label(num_frames: int) -> str:
+    """The output subfolder (and report column) of one frame count: frames_N."""
+    return f"frames_{num_frames}"
+
+
 @dataclass
 class EvalConfig:
     """Everything `longrl eval` takes (the CLI flags of the same names).
@@ -144,7 +149,7 @@ class EvalConfig:
 
         if self.fps is not None:
             return [(f"fps_{self.fps:g}", SamplingConfig(fps=self.fps, max_frames=self.max_frames))]
-        return [(f"frames_{n}", SamplingConfig(num_frames=n)) for n in self.frames]
+        return [(frames_label(n), SamplingConfig(num_frames=n)) for n in self.frames]
 
     @property
     def effective_temperature(self) -> float:

@@ -619,13 +619,14 @@ def grpo_step(
 
     old = ref = None
     # FSDP: a rank without sequences still runs the others' number of forwards (padding).
-    if (batch is not None or sharded) and not _on_policy(algo, plan):
+    prefills = batch is not None or sharded
+    if prefills and not _on_policy(algo, plan):
         with timer.section("old"), torch.no_grad(), eval_mode(setup.adapter.model):
             old = _prefill_all(
                 setup, batch, plan,
                 lambda part: sequence_logprobs(setup.adapter, part, state, temperature=temperature, attn=setup.sp_attn),
             )  # fmt: skip
-    if (batch is not None or sharded) and setup.reference is not None:
+    if prefills and setup.reference is not None:
         with timer.section("ref"):
             ref = _prefill_all(
                 setup, batch, plan,
