@@ -230,6 +230,12 @@ def rl(
         typer.Option("--dynamic-sampling/--no-dynamic-sampling", help="Drop zero-variance groups and refill."),
     ] = None,
     reward: Annotated[str | None, typer.Option(help="Custom reward as module:function (reward.custom).")] = None,
+    ptx: Annotated[
+        str | None, typer.Option(help="SFT rows (with reasoning) for PPO-ptx's supervised term (data.ptx).")
+    ] = None,
+    ptx_coef: Annotated[
+        float | None, typer.Option(help="Weight of the PPO-ptx supervised term (default: 0 = off).")
+    ] = None,
     gpu_memory_utilization: Annotated[
         float | None, typer.Option(help="vLLM's share of the GPU it shares with the trainer (default: 0.5).")
     ] = None,
@@ -261,6 +267,6 @@ def rl(
         "algo.clip_high": clip_high, "algo.ppo_epochs": ppo_epochs, "algo.agg_mode": agg_mode,
         "algo.dynamic_sampling": dynamic_sampling, "reward.custom": reward,
         "algo.micro_batch_size": micro_batch_size, "rollout.gpu_memory_utilization": gpu_memory_utilization,
-        "rollout.max_model_len": max_model_len,
+        "rollout.max_model_len": max_model_len, "data.ptx": ptx, "algo.ptx_coef": ptx_coef,
     }  # fmt: skip
     launch(build_config(RLConfig, config, set_, flags), "rl")

@@ -16,6 +16,7 @@ same math in another order). dp 2 and sp 2 against one process: test_rl_step_par
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -27,17 +28,22 @@ import longrl.models as M
 import longrl.rl.step as step_module
 from longrl.data.schema import Example
 from longrl.models.loading import load_model
+from longrl.models.prompt import IGNORE_INDEX, build_sft_example
 from longrl.parallel.groups import single_process_state
+from longrl.rl.ptx import PtxTerm
 from longrl.rl.reference import Reference
 from longrl.rl.rewards import RewardConfig, compute_rewards
 from longrl.rl.step import GRPOSetup, grpo_step, plan_batches
 from longrl.rollout.hf import HFEngine
-from longrl.rollout.prompts import VideoSource
+from longrl.rollout.prompts import VideoSource, encode_videos
+from longrl.sft.batch import sft_response
 from longrl.train.config import AlgoConfig, RolloutConfig
+from longrl.train.data import TrainData
 from longrl.video.sampling import SamplingConfig
 
 LOGP_ATOL = 1e-5
 GRAD_RTOL = 1e-4
+PTX_MAX_TOKENS = 6  # shorter than the rows' SFT targets: the cut is exercised too
 
 
 def letter_share(response: str, answer: str, **_) -> float:
@@ -96,6 +102,27 @@ def _examples(videos: list[Path], n: int, flat: tuple[int, ...] = ()) -> list[Ex
         )  # fmt: skip
         for i in range(n)
     ]
+
+
+def _sft_rows(videos: list[Path], n: int) -> list[Example]:
+    """PPO-ptx rows: the questions of `_examples` with a reasoning (the SFT target's <think> part) whose
+    length differs from row to row."""
+    rows = _examples(videos, n)
+    return [
+        dataclasses.replace(ex, reasoning=f"row {ex.id} shows" + " bars" * (i + 1))
+        for i, ex in enumerate(rows)
+    ]
+
+
+def _ptx_term(rows: list[Example], coef: float, batch_size: int, dp_rank: int = 0, dp_size: int = 1,
+              max_tokens: int = PTX_MAX_TOKENS):  # fmt: skip
+    """A PtxTerm over `rows` in file order (dp rank r takes rows r, r + dp_size, ...)."""
+
+    def fail(example, reason):
+        raise AssertionError(f"ptx row {example.id}: {reason}")
+
+    data = TrainData(rows, seed=0, shuffle=False, dp_rank=dp_rank, dp_size=dp_size)
+    return PtxTerm(data, coef, batch_size, max_response_tokens=max_tokens, on_failed=fail)
 
 
 def _setup(model_dir, *, state=None, algo=None, rollout=None, reward=None, reference=None, optimizer=None,
@@ -171,6 +198,27 @@ def _hand_loss(setup, out, examples, kl_coef=0.0, reference=None):
         terms.append(term)
     loss = torch.cat(terms).sum() / sum(lengths)
     return loss, adv, logps
+
+
+def _hand_ptx_loss(setup, rows):
+    """Mean -log p per response token of the rows' SFT sequences (cut to PTX_MAX_TOKENS response tokens),
+    each sequence unpadded through the model on its own."""
+    adapter, total, count = setup.adapter, 0.0, 0
+    for ex in rows:
+        video = encode_videos(adapter, [ex.video], setup.source).embeddings[ex.video]
+        seq = build_sft_example(setup.tokenizer, ex.question, ex.options, sft_response(ex),
+                                num_video_tokens=adapter.num_video_tokens(video.grid_thw))  # fmt: skip
+        end = seq.response_start + PTX_MAX_TOKENS
+        ids, labels = torch.tensor(seq.input_ids[:end]), torch.tensor(seq.labels[:end])
+        grid = torch.tensor([video.grid_thw])
+        inputs = adapter.build_inputs(ids[None], None, [video.embeds], grid, [video.second_per_grid_t])
+        logits = adapter.logits(inputs.inputs_embeds, inputs.position_ids, None)[0, :-1].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, ids[1:, None])[:, 0]
+        scored = labels[1:] != IGNORE_INDEX
+        total = total - logp[scored].sum()
+        count += int(scored.sum())
+    assert count == PTX_MAX_TOKENS * len(rows)
+    return total / count
 
 
 def _named_grads(model, loss):
@@ -339,3 +387,24 @@ def test_unreadable_video_is_reported_and_replaced(assets, tmp_path):
     # Without a source of replacements the step trains on the prompts that remain.
     out = grpo_step(_setup(model_dir), [*_examples(videos, 2), bad], step=0)
     assert out.metrics["groups_kept"] == 2 and len(out.batch) == 2 * 4
+
+
+@pytest.mark.parametrize("micro", [None, 2], ids=["one-batch", "micro-2"])
+def test_ptx_adds_its_weight_times_the_sft_gradient(assets, micro):
+    """PPO-ptx: the step's gradient is the GRPO gradient (the same step without the term) plus coef times
+    the gradient of the hand-computed mean SFT loss of the rows drawn (3 rows: in one forward, or in
+    micro-batches of 2 + 1 normalized by the tokens of all of them); ptx_loss is that mean."""
+    model_dir, videos = assets
+    examples, rows, coef = _examples(videos, 2), _sft_rows(videos, 3), 0.5
+    plain = _setup(model_dir, micro_batch_size=micro)
+    grpo_step(plain, examples, step=0)
+    setup = _setup(model_dir, micro_batch_size=micro)
+    setup.ptx = _ptx_term(rows, coef, batch_size=3)
+    out = grpo_step(setup, examples, step=0)
+    hand = _hand_ptx_loss(setup, rows)
+    assert out.metrics["ptx_loss"] == pytest.approx(hand.item(), rel=1e-5)
+    sft = _named_grads(setup.adapter.model, coef * hand)
+    pg = plain.optimizer.grads[0]
+    expected = {n: pg.get(n, 0) + sft.get(n, 0) for n in pg.keys() | sft.keys()}
+    _assert_grads_close(setup.optimizer.grads[0], expected, what="GRPO + ptx vs GRPO + coef * SFT by hand")
+    assert (setup.ptx.data.epoch, setup.ptx.data.cursor) == (0, 3)  # one optimizer step: one draw of 3 rows

@@ -2,7 +2,8 @@
 
 One 2-process world runs two layouts in turn: dp 2 (each rank 2 of the 4 prompts) and sp 2 (both ranks the
 same 4 prompts: rollouts split over the ranks and gathered, sequence-parallel reference/update prefills
-with ring attention). Each is compared with one process on the 4 prompts, with KL to a frozen reference:
+with ring attention). Each is compared with one process on the 4 prompts, with KL to a frozen reference
+and PPO-ptx on 2 SFT rows (dp 2: one row per rank; sp 2: both rows, scored sequence-parallel):
 the same rollouts (token for token: sampling seeds depend on the prompt's global index, and
 prompt_batch_size = 1 makes each prompt its own engine call), the same synced gradient (max|g - g_ref| <=
 1e-4 * max|g_ref| per tensor: the loss is normalized by the counts of the whole batch over dp, and sp shards
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_rl_step import _assert_grads_close, _assets, _examples, _setup
+from test_rl_step import _assert_grads_close, _assets, _examples, _ptx_term, _setup, _sft_rows
 
 from longrl.parallel.launch import run_local
 from longrl.rl.reference import Reference
@@ -22,12 +23,16 @@ from longrl.train.config import AlgoConfig
 
 TIMEOUT_S = 300
 PROMPTS = 4
-METRICS = ("reward", "loss", "pg_loss", "kl", "entropy", "response_len", "groups_kept")
+PTX_ROWS = 2
+METRICS = ("reward", "loss", "pg_loss", "kl", "entropy", "response_len", "groups_kept", "ptx_loss")
 
 
 def _one_step(model_dir, videos, state):
     setup = _setup(model_dir, state=state, algo=AlgoConfig(kl_coef=0.1), reference=Reference.frozen_copy)
     per_rank = PROMPTS // state.dp_size
+    rows = _sft_rows(videos, PTX_ROWS)
+    # Uncut responses of different lengths: the dp ranks hold different token counts.
+    setup.ptx = _ptx_term(rows, 0.5, PTX_ROWS // state.dp_size, state.dp_rank, state.dp_size, max_tokens=64)
     mine = _examples(videos, PROMPTS)[state.dp_rank * per_rank :][:per_rank]
     out = grpo_step(setup, mine, step=2)
     return setup.optimizer.grads[0], out.metrics, out.batch.input_ids

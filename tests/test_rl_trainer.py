@@ -5,7 +5,8 @@ Resume: 6 steps straight vs the same run interrupted after step 3 (an exception 
 checkpoint) and continued with `--resume auto`: every logged metric of steps 1-6 (times excluded) and every
 final weight must be bitwise equal (CPU float32 is deterministic; sampling seeds depend on (seed, step, prompt)
 only). The cache hit rate is the one exception: the resumed process starts with an empty embedding cache. The run uses KL (reference read back from the model folder), warmup + cosine LR, two PPO epochs of two
-mini-batches and dynamic sampling, so each of their states must survive the checkpoint.
+mini-batches, dynamic sampling and PPO-ptx (its rows' stream), so each of their states must survive the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def rl_config(paths: dict[str, Path], out: Path, **extra) -> RLConfig:
         "reward.custom": f"{__file__}:letter_share",
         "reward.format_weight": 0.0,
         "reward.accuracy_weight": 0.0,
+        "data.ptx": str(paths["data"]),
+        "algo.ptx_coef": 0.5,
+        "algo.ptx_batch_size": 1,
     }
     values.update(extra)
     return load_config(RLConfig, None, values)
@@ -108,9 +112,16 @@ def test_six_steps_straight_equal_three_then_resume_then_three(paths, tmp_path, 
     assert a[-1]["kl"] > 0  # the reference ran
     # 2 epochs x one mini-batch of 2 sequences per kept group of 2.
     assert all(r["updates"] == 2 * r["groups_kept"] for r in a) and sum(r["groups_kept"] for r in a) > 6
-    assert {"reward", "reward_mean", "loss", "entropy", "clip_frac", "response_len", "groups_kept"} <= a[
-        0
-    ].keys()
+    assert {
+        "reward",
+        "reward_mean",
+        "loss",
+        "entropy",
+        "clip_frac",
+        "response_len",
+        "groups_kept",
+        "ptx_loss",
+    } <= a[0].keys()
     final_a = load_file(str(straight / "final" / "model.safetensors"))
     final_b = load_file(str(resumed / "final" / "model.safetensors"))
     assert final_a.keys() == final_b.keys()
@@ -129,7 +140,9 @@ def test_unreadable_videos_are_skipped_and_counted(paths, tmp_path):
     quick = {"run.steps": 1, "run.save_every": 0, "optim.warmup_steps": 0, "data.shuffle": False, "batch_size": 3,
              "algo.kl_coef": 0.0, "algo.ppo_epochs": 1, "algo.dynamic_sampling": False}  # fmt: skip
     summary = trainer.run_rl(rl_config({**paths, "data": data}, tmp_path / "run", **quick))
-    assert summary["unreadable_videos"] == 1 and "bad" in summary["problems"][0]
+    # The file is the prompts' and the PPO-ptx rows' (rl_config): each stream meets the bad row once.
+    assert summary["unreadable_videos"] == 2
+    assert [p.split(":")[0] for p in summary["problems"]] == ["row id 'bad'", "ptx row id 'bad'"]
     assert summary["final_metrics"]["groups_total"] == 3  # the bad row was replaced by another
     fail = {**quick, "data.on_bad_row": "fail"}
     with pytest.raises(DataError, match="row id 'bad': unreadable video"):
@@ -139,6 +152,18 @@ def test_unreadable_videos_are_skipped_and_counted(paths, tmp_path):
 def test_train_vision_is_refused_in_one_line(paths, tmp_path):
     with pytest.raises(ConfigError, match="vision tower frozen"):
         trainer.run_rl(rl_config(paths, tmp_path / "run", **{"model.train_vision": True}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_ptx_config_mistakes_are_one_line(paths, tmp_path):
+    with pytest.raises(ConfigError, match="algo.ptx_coef > 0 needs data.ptx"):
+        rl_config(paths, tmp_path / "run", **{"data.ptx": None})
+    with pytest.raises(ConfigError, match="data.ptx is set but algo.ptx_coef is 0"):
+        rl_config(paths, tmp_path / "run", **{"algo.ptx_coef": 0.0})
+    with pytest.raises(ConfigError, match="algo.ptx_batch_size must be"):
+        rl_config(paths, tmp_path / "run", **{"algo.ptx_batch_size": 0})
+    with pytest.raises(ConfigError, match="ptx data file .* not found"):
+        trainer.run_rl(rl_config(paths, tmp_path / "run", **{"data.ptx": str(tmp_path / "nope.jsonl")}))
     assert not (tmp_path / "run").exists()
 
 

@@ -66,6 +66,7 @@ def test_unknown_yaml_key_names_it_with_a_suggestion(tmp_path):
         ("batch_size", 0, "batch_size must be >= 1"),
         ("grad_accum", "two", "grad_accum"),
         ("optim.lr", "abc", "optim.lr"),
+        ("data.ptx", "rows.jsonl", "data.ptx is for `train rl`"),
     ],
 )
 def test_bad_sft_values_are_one_line_config_errors(key, value, message):
@@ -85,6 +86,9 @@ def test_bad_sft_values_are_one_line_config_errors(key, value, message):
         ({"algo.dual_clip": 0.5}, "algo.dual_clip must be > 1"),
         ({"algo.tis_cap": 0.5}, "algo.tis_cap must be >= 1"),
         ({"algo.kl_coef": -0.1}, "algo.kl_coef must be >= 0"),
+        ({"algo.ptx_coef": -1.0}, "algo.ptx_coef must be >= 0"),
+        ({"algo.ptx_coef": 1.0}, "algo.ptx_coef > 0 needs data.ptx"),
+        ({"data.ptx": "rows.jsonl"}, "data.ptx is set but algo.ptx_coef is 0"),
         ({"parallel.nproc": 3, "parallel.sp": 2}, r"parallel.sp \(2\) must divide the world size .* = 3"),
         ({"model.train_vision": True, "model.lora.rank": 8}, "train_vision cannot be combined with LoRA"),
     ],

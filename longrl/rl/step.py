@@ -29,7 +29,9 @@ The stages, in order (the trainer and `longrl bench rl-step` both run exactly th
 5. algo.ppo_epochs passes over mini-batches (algo.mini_batch_size sequences per dp rank; None = all), each
    split into micro-batches: clipped surrogate + kl_coef * KL, normalized by the counts of the whole
    mini-batch over all dp ranks (`GlobalCounts`), so any dp / micro-batch split gives the gradient of one big
-   batch; backward; `sync_gradients` (sum over sp and dp); clip; optimizer step. The scheduler is the caller's.
+   batch; backward; with PPO-ptx (`GRPOSetup.ptx`) the supervised term's backward on its own rows
+   (`longrl.rl.ptx`); `sync_gradients` (sum over sp and dp); clip; optimizer step. The scheduler is the
+   caller's.
 TIS: the engine's own logprobs reweight the loss when tis is "on", or "auto" with an engine other than "hf"
 (the hf engine's logprobs are the trainer's, up to float rounding).
 FSDP (`longrl.train.fsdp`): stages 1-3 hold the policy's full weights (`gathered`: all of them for the hf
@@ -59,6 +61,7 @@ from longrl.parallel.sp_attention import sp_attention
 from longrl.parallel.sp_prefill import next_token_targets, sync_gradients
 from longrl.rl.advantages import compute_advantages, zero_variance_mask
 from longrl.rl.losses import GlobalCounts, kl_loss, policy_loss
+from longrl.rl.ptx import PtxTerm, ptx_backward
 from longrl.rl.reference import Reference, sequence_logprobs
 from longrl.rl.rewards import RewardConfig, compute_rewards
 from longrl.rl.sequences import SequenceBatch, build_sequences
@@ -91,6 +94,7 @@ class GRPOSetup:
     (None: the cached ones; `bench rl-step`'s vanilla baseline re-encodes here). on_failed(example, reason):
     called when a prompt's video cannot be encoded, before a replacement is drawn (the trainer excludes the
     row, or raises for --on-bad-row fail); with_timestamps: the prompt names the sampled frames' times.
+    ptx: PPO-ptx's supervised term, added to every optimizer step (None: off).
     """
 
     adapter: ModelAdapter
@@ -112,6 +116,7 @@ class GRPOSetup:
     prefill_videos: Callable[[SequenceBatch], list[torch.Tensor]] | None = None
     on_failed: Callable[[Example, str], None] | None = None
     with_timestamps: bool = False
+    ptx: PtxTerm | None = None
 
     def trainable(self) -> list[nn.Parameter]:
         if self.params is None:
@@ -128,6 +133,11 @@ class GRPOSetup:
             top_k=r.top_k,
             seed=seed,
         )
+
+    @property
+    def micro(self) -> int | None:
+        """Sequences per forward/backward (None: the whole mini-batch)."""
+        return self.micro_batch_size or self.algo.micro_batch_size
 
     @property
     def use_tis(self) -> bool:
@@ -469,7 +479,7 @@ class _Means:
 
 
 UPDATE_KEYS = ("clip_frac", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "approx_kl",
-               "ratio_mean", "entropy", "kl", "tis_weight_mean", "tis_clip_frac")  # fmt: skip
+               "ratio_mean", "entropy", "kl", "tis_weight_mean", "tis_clip_frac", "ptx_loss")  # fmt: skip
 
 
 def update_policy(
@@ -548,6 +558,14 @@ def update_policy(
                 # Each micro-batch's loss is its share of the mini-batch loss (global counts): they add up.
                 pg_total += float(metrics.pop("pg_loss"))
                 means.add(metrics, float(mask.sum()))
+            if setup.ptx is not None and tokens > 0:  # the term's weight is per GRPO update (longrl.rl.ptx)
+                ptx_loss = ptx_backward(
+                    setup,
+                    setup.ptx,
+                    lambda values: _dp_reduce(values, state),
+                    setup.micro,
+                )
+                means.add({"ptx_loss": ptx_loss}, 1.0)
             sync_gradients(params, state, dp_reduce="sum")
             norm = clip_gradients(params, setup.max_grad_norm)
             # An all-empty mini-batch (every group dropped on every rank) has nothing to learn: AdamW would still
@@ -612,7 +630,7 @@ def grpo_step(
     hits1, misses1 = _store_counts(setup)
     batch = _sequences(rollouts.groups, setup.tokenizer.pad_token_id)
     n = len(batch) if batch is not None else 0
-    micro = setup.micro_batch_size or algo.micro_batch_size
+    micro = setup.micro
     sharded = is_sharded(setup.adapter.model)
     plan = plan_batches(n, algo.mini_batch_size, micro, state, equal_micro=sharded)
     temperature = setup.sampling_params().logprob_temperature

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from longrl.errors import ConfigError, DataError
+from longrl.rl.ptx import PtxTerm
 from longrl.rl.reference import Reference
 from longrl.rl.step import GRPOSetup, grpo_step
 from longrl.rollout import RolloutEngine, engine_class
@@ -132,6 +133,22 @@ def build_grpo_setup(ctx: TrainContext) -> GRPOSetup:
         ctx.data.exclude(example)
         ctx.note_problem(UNREADABLE_VIDEOS, f"row id {example.id!r}: {reason}")
 
+    ptx = None
+    if ctx.ptx_data is not None:
+
+        def on_failed_ptx(example: Example, reason: str) -> None:
+            if cfg.data.on_bad_row == "fail":
+                raise DataError(f"{cfg.data.ptx}: row id {example.id!r}: unreadable video: {reason}")
+            ctx.ptx_data.exclude(example)
+            ctx.note_problem(UNREADABLE_VIDEOS, f"ptx row id {example.id!r}: {reason}")
+
+        ptx = PtxTerm(
+            data=ctx.ptx_data,
+            coef=cfg.algo.ptx_coef,
+            batch_size=cfg.algo.ptx_batch_size or cfg.batch_size,
+            max_response_tokens=cfg.rollout.max_new_tokens,
+            on_failed=on_failed_ptx,
+        )
     return GRPOSetup(
         adapter=ctx.adapter,
         tokenizer=ctx.tokenizer,
@@ -149,6 +166,7 @@ def build_grpo_setup(ctx: TrainContext) -> GRPOSetup:
         autocast=ctx.autocast,
         params=ctx.trainable_parameters(),
         on_failed=on_failed,
+        ptx=ptx,
     )
 
 
@@ -189,6 +207,8 @@ def _print_summary(ctx: TrainContext, summary: dict[str, Any]) -> None:
 
     console = Console(highlight=False)
     console.print(ctx.load_report.summary(), markup=False)
+    if ctx.ptx_report is not None:
+        console.print(f"PPO-ptx rows: {ctx.ptx_report.summary()}", markup=False)
     final = summary["final_metrics"]
     console.print(
         f"unreadable videos skipped: {summary['counts'].get(UNREADABLE_VIDEOS, 0)}; "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from longrl.models.prompt import IGNORE_INDEX, build_sft_example, format_response, pad_batch
+from longrl.models.prompt import IGNORE_INDEX, build_sft_example, encode_response, format_response, pad_batch
 from longrl.parallel.sp_prefill import next_token_targets
 
 if TYPE_CHECKING:
@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 def sft_response(example: Example) -> str:
     """The training target of one example: `<think>{reasoning}</think><answer>{answer}</answer>`."""
     return format_response(example.reasoning, example.answer)
+
+
+def scored_tokens(tokenizer, example: Example, max_response_tokens: int) -> int:
+    """How many tokens of `example` an SFT batch scores (its `num_tokens` share), from the tokenizer alone:
+    no embeddings, so a caller can normalize by the total before building the batches."""
+    return min(len(encode_response(tokenizer, sft_response(example))), max_response_tokens)
 
 
 @dataclass

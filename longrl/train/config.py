@@ -77,6 +77,8 @@ class DataConfig:
     embed_cache_gb: memory tier size. shuffle: a new seeded order each epoch (else file order).
     isolate_decode: decode videos in a child process (a crashing decoder cannot kill the run; costs an
     interpreter start per video, which the embedding cache pays once per video).
+    ptx (train rl only): SFT rows (with reasoning, same schema and video root as `train`) for PPO-ptx's
+    supervised term, weighted by algo.ptx_coef (`longrl.rl.ptx`); None = no such term.
     """
 
     train: str = ""
@@ -90,6 +92,7 @@ class DataConfig:
     embed_cache_gb: float = 4.0
     shuffle: bool = True
     isolate_decode: bool = True
+    ptx: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("data.on_bad_row", self.on_bad_row, ("skip", "fail"))
@@ -200,6 +203,10 @@ class SFTConfig:
         _check_int("batch_size", self.batch_size, 1)
         _check_int("grad_accum", self.grad_accum, 1)
         _check_int("max_response_tokens", self.max_response_tokens, 1)
+        if self.data.ptx is not None:
+            raise ConfigError(
+                "data.ptx is for `train rl` (PPO-ptx's supervised rows); SFT trains on data.train"
+            )
 
 
 @dataclass
@@ -269,6 +276,9 @@ class AlgoConfig:
     dynamic_sampling: drop groups with zero reward variance and draw more prompts, up to max_refill_rounds.
     tis: truncated importance sampling with the engine's logprobs ("auto" = when the engine is not "hf"),
     weights capped at tis_cap.
+    ptx_coef: weight of PPO-ptx's supervised term on the data.ptx rows (0 = off; `longrl.rl.ptx`);
+    ptx_batch_size: ptx rows per dp rank per optimizer step (None = batch_size), scored in micro-batches of
+    micro_batch_size.
     """
 
     advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
@@ -285,6 +295,8 @@ class AlgoConfig:
     max_refill_rounds: int = 3
     tis: Literal["auto", "on", "off"] = "auto"
     tis_cap: float = 2.0
+    ptx_coef: float = 0.0
+    ptx_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("algo.advantage", self.advantage, ("grpo", "dr_grpo", "rloo"))
@@ -311,6 +323,9 @@ class AlgoConfig:
         _check_int("algo.max_refill_rounds", self.max_refill_rounds, 0)
         _check_choice("algo.tis", self.tis, ("auto", "on", "off"))
         _check_number("algo.tis_cap", self.tis_cap, low=1.0)
+        _check_number("algo.ptx_coef", self.ptx_coef, low=0.0)
+        if self.ptx_batch_size is not None:
+            _check_int("algo.ptx_batch_size", self.ptx_batch_size, 1)
 
 
 @dataclass
@@ -329,3 +344,11 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         _check_int("batch_size", self.batch_size, 1)
+        if self.algo.ptx_coef > 0 and self.data.ptx is None:
+            raise ConfigError(
+                "algo.ptx_coef > 0 needs data.ptx: a file of SFT rows (with reasoning) for the supervised term"
+            )
+        if self.data.ptx is not None and not self.algo.ptx_coef:
+            raise ConfigError("data.ptx is set but algo.ptx_coef is 0: give the supervised term a weight")
+        if self.algo.ptx_batch_size is not None and not self.algo.ptx_coef:
+            raise ConfigError("algo.ptx_batch_size is set but PPO-ptx is off (algo.ptx_coef is 0)")

@@ -39,7 +39,7 @@ FIXED_KEYS = (
 LAUNCH_KEYS = ("run.out", "run.resume", "run.progress", "parallel.nproc", "parallel.nnodes",
                "parallel.node_rank", "parallel.rdzv_endpoint", "parallel.rdzv_id", "parallel.fsdp")  # fmt: skip
 # Paths compare by the file they name, so `runs/x/../data.jsonl` and an absolute path to it are equal.
-PATH_KEYS = ("model.path", "data.train", "data.video_root")
+PATH_KEYS = ("model.path", "data.train", "data.video_root", "data.ptx")
 
 
 @dataclass(frozen=True)

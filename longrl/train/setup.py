@@ -27,7 +27,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,8 @@ class TrainContext:
     of the LoRA-wrapped layers ([] = full fine-tuning). sp_attn: "ring" or "ulysses" (resolved). start_step:
     optimizer steps already done (0 for a fresh run). trainer_state: what the resumed checkpoint saved
     ({} when fresh). counts: run-time problems by name (e.g. "unreadable_videos"), reported in summary.json.
+    ptx_data / ptx_report: this rank's stream of data.ptx rows (train rl with PPO-ptx) and what loading
+    them did, else None.
     """
 
     cfg: SFTConfig | RLConfig
@@ -90,6 +92,8 @@ class TrainContext:
     owns_process_group: bool = False  # setup_run started the process group, close_run ends it
     # Allowed config changes of every resume so far: {"step", "key", "old", "new"} (see longrl.train.resume).
     config_changes: list[dict[str, Any]] = field(default_factory=list)
+    ptx_data: TrainData | None = None
+    ptx_report: LoadReport | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -140,6 +144,9 @@ class TrainContext:
             "step": step,
             "kind": self.kind,
             "data_positions": gather_positions(self.data, self.state),
+            "ptx_positions": gather_positions(self.ptx_data, self.state)
+            if self.ptx_data is not None
+            else None,
             "counts": _gather_counts(self.counts, self.state),
             "problems": self.problems,
             "config_changes": self.config_changes,
@@ -194,6 +201,10 @@ def check_inputs(cfg: SFTConfig | RLConfig) -> None:
         raise ConfigError("no training data: pass --data FILE (a JSON or JSONL file of rows)")
     if not Path(cfg.data.train).is_file():
         raise ConfigError(f"data file {cfg.data.train} not found; pass --data FILE")
+    if cfg.data.ptx is not None and not Path(cfg.data.ptx).is_file():
+        raise ConfigError(
+            f"ptx data file {cfg.data.ptx} not found; pass --ptx FILE (SFT rows with reasoning)"
+        )
     if cfg.data.video_root is not None and not Path(cfg.data.video_root).is_dir():
         raise ConfigError(f"video root {cfg.data.video_root} is not a folder; pass --video-root DIR")
     if cfg.run.resume not in (None, "auto") and not Path(cfg.run.resume).is_dir():
@@ -309,6 +320,16 @@ def setup_run(cfg: SFTConfig | RLConfig, kind: str) -> TrainContext:
         dp_size=state.dp_size,
         require_reasoning=kind == "sft",
     )
+    ptx_data = ptx_report = None
+    if kind == "rl" and cfg.data.ptx is not None:
+        # Its own seeded order (seed + 1), so it does not walk in step with the prompts when both files match.
+        ptx_data, ptx_report = load_train_data(
+            replace(cfg.data, train=cfg.data.ptx),
+            seed=cfg.run.seed + 1,
+            dp_rank=state.dp_rank,
+            dp_size=state.dp_size,
+            require_reasoning=True,
+        )
 
     dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
     parse_dtype(dtype)
@@ -362,6 +383,16 @@ def setup_run(cfg: SFTConfig | RLConfig, kind: str) -> TrainContext:
             )
         start_step = int(trainer_state["step"])
         restore_positions(data, trainer_state["data_positions"])
+        if ptx_data is not None:
+            if not trainer_state.get("ptx_positions"):
+                raise ConfigError(
+                    f"checkpoint {resume_from} was written without data.ptx; resume it without PPO-ptx, or "
+                    "start a new run folder"
+                )
+            try:
+                restore_positions(ptx_data, trainer_state["ptx_positions"])
+            except ConfigError as err:
+                raise ConfigError(f"data.ptx (--ptx): {err}") from None
         apply_optim_config(optimizer, scheduler, cfg.optim)  # a resumed run may change the optim section
 
     metrics = MetricsLogger(
@@ -398,6 +429,8 @@ def setup_run(cfg: SFTConfig | RLConfig, kind: str) -> TrainContext:
         resumed_from=resume_from,
         trainer_state=trainer_state,
         owns_process_group=state.distributed and not had_group,
+        ptx_data=ptx_data,
+        ptx_report=ptx_report,
     )
     if trainer_state:
         per_rank = trainer_state.get("counts", [])
@@ -478,6 +511,8 @@ def finish_run(ctx: TrainContext, final_metrics: dict[str, Any] | None = None) -
         "final_metrics": final_metrics or {},
         "final_model": str(ctx.run_dir / FINAL_DIR),
     }
+    if ctx.ptx_report is not None:  # PPO-ptx's rows: their own file, their own accounting
+        summary["ptx_data"] = ctx.ptx_report.to_dict()
     # A sharded policy is gathered to rank 0 (a collective) into a plain copy of the model.
     full = _unsharded_copy(ctx) if ctx.fsdp else None
     if ctx.is_main:
