@@ -96,6 +96,10 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rl_metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in rl_metrics] == list(range(1, QUICK.rl_steps + 1))
+    # PPO-ptx on the SFT rows: its loss is logged with every GRPO update (a step whose groups were all
+    # dropped takes none).
+    updated = [m for m in rl_metrics if m["updates"] > 0]
+    assert QUICK.rl_ptx_coef > 0 and updated and all(m["ptx_loss"] > 0 for m in updated)
     assert "after GRPO" in result.stdout and "chance" in result.stdout and "RL minus SFT" in result.stdout
     # A second run finds everything done and reprints the same table.
     again = run_cli("demo", "--quick", "--out", str(out), cwd=tmp_path, timeout=600)

@@ -3,7 +3,8 @@
     synthetic long-video data (generate-data --source synthetic, ordinal questions)
     -> base model (tiny Qwen2.5-VL, random; its vision projector calibrated on the SFT videos)
     -> CoT-SFT -> eval -> generate-data's filter stage with the SFT model on the RL pool
-    -> GRPO with MR-SP on `nproc` local processes (gloo), embedding cache on -> eval -> report
+    -> GRPO with MR-SP on `nproc` local processes (gloo), embedding cache on, PPO-ptx on the SFT rows
+    -> eval -> report
 
 Output folder (every stage resumes from what it finds, so rerunning the same command after a kill goes on):
 
@@ -113,7 +114,7 @@ def run_demo(
     with clock.stage("5/7 filter the RL pool with the SFT model (generate-data filter stage)"):
         rl_rows = _filter_rl_pool(out / "data" / "rl", sft_model, plan, seed, console)
     with clock.stage(f"6/7 GRPO with MR-SP on {plan.nproc} processes"):
-        rl_model = _rl(out / "rl", sft_model, rl_rows, plan, seed)
+        rl_model = _rl(out / "rl", sft_model, rl_rows, data["sft"], plan, seed)
     with clock.stage("7/7 eval after RL"):
         eval_rl = _evaluate(out / "eval_rl", rl_model, data["eval"], plan, seed)
 
@@ -265,8 +266,9 @@ def _filter_rl_pool(folder: Path, sft_model: Path, plan: DemoPlan, seed: int, co
     return folder / "sft.jsonl"
 
 
-def _rl(run_dir: Path, sft_model: Path, rows: Path, plan: DemoPlan, seed: int) -> Path:
-    """`longrl train rl --nproc N --sp N --config rl.yaml` in a child process (torchrun, gloo)."""
+def _rl(run_dir: Path, sft_model: Path, rows: Path, sft_rows: Path, plan: DemoPlan, seed: int) -> Path:
+    """`longrl train rl --nproc N --sp N --config rl.yaml` in a child process (torchrun, gloo), with the SFT
+    rows as PPO-ptx's supervised rows."""
     from longrl.train.config import RLConfig
     from longrl.train.config_io import config_from_dict, save_config
 
@@ -274,10 +276,15 @@ def _rl(run_dir: Path, sft_model: Path, rows: Path, plan: DemoPlan, seed: int) -
     if (final / "config.json").is_file():
         return final
     cfg = _common_config(rows, run_dir, plan, seed, plan.rl_steps)
+    cfg["data"]["ptx"] = str(sft_rows) if plan.rl_ptx_coef else None
     cfg.update(
         model={"path": str(sft_model)},
         optim={"lr": plan.rl_lr, "warmup_steps": 0, "schedule": "constant"},
-        algo={"dynamic_sampling": plan.rl_dynamic_sampling, "kl_coef": plan.rl_kl_coef},
+        algo={
+            "dynamic_sampling": plan.rl_dynamic_sampling,
+            "kl_coef": plan.rl_kl_coef,
+            "ptx_coef": plan.rl_ptx_coef,
+        },
         parallel={"nproc": plan.nproc, "sp": plan.nproc},
         rollout={
             "n": plan.rl_group,
