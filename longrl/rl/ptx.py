@@ -29,6 +29,7 @@ from longrl.parallel.sp_attention import sp_attention
 from longrl.parallel.sp_prefill import sp_token_logprobs
 from longrl.rollout.prompts import encode_videos
 from longrl.sft.batch import build_sft_batch, scored_tokens
+from longrl.train.data import next_encoded
 from longrl.train.fsdp import forward_region
 
 if TYPE_CHECKING:
@@ -56,20 +57,12 @@ class PtxTerm:
 
     def draw(self, setup: GRPOSetup) -> tuple[list[Example], list[VideoEmbedding]]:
         """The next `batch_size` rows whose videos decode, with their embeddings (a collective over sp)."""
-        chosen: list[Example] = []
-        videos: list[VideoEmbedding] = []
-        while len(chosen) < self.batch_size:
-            candidates = self.data.next_batch(self.batch_size - len(chosen))
+
+        def encode(paths):
             with torch.no_grad(), setup.autocast():
-                encoded = encode_videos(setup.adapter, [ex.video for ex in candidates], setup.source)
-            for ex in candidates:
-                reason = encoded.failed.get(ex.video)
-                if reason is None:
-                    chosen.append(ex)
-                    videos.append(encoded.embeddings[ex.video])
-                else:
-                    self.on_failed(ex, reason)
-        return chosen, videos
+                return encode_videos(setup.adapter, paths, setup.source)
+
+        return next_encoded(self.data, self.batch_size, encode, self.on_failed)
 
 
 def ptx_backward(

@@ -34,6 +34,7 @@ from longrl.parallel.sp_attention import sp_attention
 from longrl.parallel.sp_prefill import sp_token_logprobs, sync_gradients
 from longrl.rollout.prompts import encode_videos
 from longrl.sft.batch import build_sft_batch
+from longrl.train.data import next_encoded
 from longrl.train.fsdp import forward_region
 from longrl.train.metrics import StepTimer
 from longrl.train.optim import clip_gradients
@@ -68,23 +69,18 @@ def next_micro_batch(ctx: TrainContext, n: int) -> tuple[list[Example], list[Vid
     A row whose video fails is excluded from the data for good and counted (or raises DataError with
     `--on-bad-row fail`); the batch is refilled from the next rows.
     """
-    chosen: list[Example] = []
-    videos: list[VideoEmbedding] = []
-    while len(chosen) < n:
-        candidates = ctx.data.next_batch(n - len(chosen))
+
+    def encode(paths):
         with torch.set_grad_enabled(ctx.cfg.model.train_vision), ctx.autocast():
-            encoded = encode_videos(ctx.adapter, [ex.video for ex in candidates], ctx.source)
-        for ex in candidates:
-            reason = encoded.failed.get(ex.video)
-            if reason is None:
-                chosen.append(ex)
-                videos.append(encoded.embeddings[ex.video])
-                continue
-            if ctx.cfg.data.on_bad_row == "fail":
-                raise DataError(f"{ctx.cfg.data.train}: row id {ex.id!r}: unreadable video: {reason}")
-            ctx.data.exclude(ex)
-            ctx.note_problem(UNREADABLE_VIDEOS, f"row id {ex.id!r}: {reason}")
-    return chosen, videos
+            return encode_videos(ctx.adapter, paths, ctx.source)
+
+    def on_failed(ex: Example, reason: str) -> None:
+        if ctx.cfg.data.on_bad_row == "fail":
+            raise DataError(f"{ctx.cfg.data.train}: row id {ex.id!r}: unreadable video: {reason}")
+        ctx.data.exclude(ex)
+        ctx.note_problem(UNREADABLE_VIDEOS, f"row id {ex.id!r}: {reason}")
+
+    return next_encoded(ctx.data, n, encode, on_failed)
 
 
 def _sum_over_dp(values: list[float], ctx: TrainContext, op=None) -> list[float]:

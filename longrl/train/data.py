@@ -24,8 +24,12 @@ import numpy as np
 from longrl.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
     from longrl.data.dataset import LoadReport
     from longrl.data.schema import Example
+    from longrl.models.embedding_store import VideoEmbedding
     from longrl.parallel.groups import ParallelState
     from longrl.train.config import DataConfig
 
@@ -150,6 +154,33 @@ class TrainData:
         self.epoch, self.cursor = epoch, cursor
         self.excluded = {i for i in excluded if 0 <= i < len(self.examples)}
         self._shard = self._epoch_shard(epoch)
+
+
+def next_encoded(
+    data: TrainData,
+    n: int,
+    encode: Callable[[list[Path]], Any],
+    on_failed: Callable[[Example, str], None],
+) -> tuple[list[Example], list[VideoEmbedding]]:
+    """The next `n` examples of `data` whose videos encode, with their embeddings.
+
+    encode(paths) returns `longrl.rollout.prompts.EncodedVideos` (a collective over sp: the sp ranks of a
+    replica draw the same rows). on_failed(example, reason) is called for a row whose video fails (exclude it,
+    or raise); the next rows fill its place.
+    """
+    chosen: list[Example] = []
+    videos: list[VideoEmbedding] = []
+    while len(chosen) < n:
+        candidates = data.next_batch(n - len(chosen))
+        encoded = encode([ex.video for ex in candidates])
+        for ex in candidates:
+            reason = encoded.failed.get(ex.video)
+            if reason is None:
+                chosen.append(ex)
+                videos.append(encoded.embeddings[ex.video])
+            else:
+                on_failed(ex, reason)
+    return chosen, videos
 
 
 MISSING_REASONING = "missing_reasoning"  # the bad-row reason SFT adds: no text for the <think> part
