@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from longrl.errors import ConfigError, DataError
+from longrl.errors import ConfigError
 from longrl.rl.ptx import PtxTerm
 from longrl.rl.reference import Reference
 from longrl.rl.step import GRPOSetup, grpo_step
@@ -31,15 +31,12 @@ from longrl.rollout import RolloutEngine, engine_class
 from longrl.train.fsdp import full_tensor, is_dtensor, mesh_of
 from longrl.train.lora import lora_layers
 from longrl.train.metrics import StepTimer
-from longrl.train.setup import TrainContext, close_run, finish_run, run_steps, setup_run
+from longrl.train.setup import UNREADABLE_VIDEOS, TrainContext, close_run, finish_run, run_steps, setup_run
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from longrl.data.schema import Example
     from longrl.train.config import RLConfig
-
-UNREADABLE_VIDEOS = "unreadable_videos"  # the summary key SFT uses too
 
 
 def check_rl_config(cfg: RLConfig) -> None:
@@ -127,27 +124,14 @@ def build_grpo_setup(ctx: TrainContext) -> GRPOSetup:
         )
         sync_engine(engine, ctx)
 
-    def on_failed(example: Example, reason: str) -> None:
-        if cfg.data.on_bad_row == "fail":
-            raise DataError(f"{cfg.data.train}: row id {example.id!r}: unreadable video: {reason}")
-        ctx.data.exclude(example)
-        ctx.note_problem(UNREADABLE_VIDEOS, f"row id {example.id!r}: {reason}")
-
     ptx = None
     if ctx.ptx_data is not None:
-
-        def on_failed_ptx(example: Example, reason: str) -> None:
-            if cfg.data.on_bad_row == "fail":
-                raise DataError(f"{cfg.data.ptx}: row id {example.id!r}: unreadable video: {reason}")
-            ctx.ptx_data.exclude(example)
-            ctx.note_problem(UNREADABLE_VIDEOS, f"ptx row id {example.id!r}: {reason}")
-
         ptx = PtxTerm(
             data=ctx.ptx_data,
             coef=cfg.algo.ptx_coef,
             batch_size=cfg.algo.ptx_batch_size or cfg.batch_size,
             max_response_tokens=cfg.rollout.max_new_tokens,
-            on_failed=on_failed_ptx,
+            on_failed=ctx.skip_unreadable(ctx.ptx_data, cfg.data.ptx, label="ptx row"),
         )
     return GRPOSetup(
         adapter=ctx.adapter,
@@ -165,7 +149,7 @@ def build_grpo_setup(ctx: TrainContext) -> GRPOSetup:
         max_grad_norm=cfg.optim.max_grad_norm,
         autocast=ctx.autocast,
         params=ctx.trainable_parameters(),
-        on_failed=on_failed,
+        on_failed=ctx.skip_unreadable(ctx.data, cfg.data.train),
         ptx=ptx,
     )
 

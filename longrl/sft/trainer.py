@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from longrl.errors import DataError
 from longrl.parallel.sp_attention import sp_attention
 from longrl.parallel.sp_prefill import sp_token_logprobs, sync_gradients
 from longrl.rollout.prompts import encode_videos
@@ -38,14 +37,12 @@ from longrl.train.data import next_encoded
 from longrl.train.fsdp import forward_region
 from longrl.train.metrics import StepTimer
 from longrl.train.optim import clip_gradients
-from longrl.train.setup import TrainContext, close_run, finish_run, run_steps, setup_run
+from longrl.train.setup import UNREADABLE_VIDEOS, TrainContext, close_run, finish_run, run_steps, setup_run
 
 if TYPE_CHECKING:
     from longrl.data.schema import Example
     from longrl.models.embedding_store import VideoEmbedding
     from longrl.train.config import SFTConfig
-
-UNREADABLE_VIDEOS = "unreadable_videos"  # rows skipped at run time because their video failed to decode
 
 
 @dataclass
@@ -74,13 +71,7 @@ def next_micro_batch(ctx: TrainContext, n: int) -> tuple[list[Example], list[Vid
         with torch.set_grad_enabled(ctx.cfg.model.train_vision), ctx.autocast():
             return encode_videos(ctx.adapter, paths, ctx.source)
 
-    def on_failed(ex: Example, reason: str) -> None:
-        if ctx.cfg.data.on_bad_row == "fail":
-            raise DataError(f"{ctx.cfg.data.train}: row id {ex.id!r}: unreadable video: {reason}")
-        ctx.data.exclude(ex)
-        ctx.note_problem(UNREADABLE_VIDEOS, f"row id {ex.id!r}: {reason}")
-
-    return next_encoded(ctx.data, n, encode, on_failed)
+    return next_encoded(ctx.data, n, encode, ctx.skip_unreadable(ctx.data, ctx.cfg.data.train))
 
 
 def _sum_over_dp(values: list[float], ctx: TrainContext, op=None) -> list[float]:

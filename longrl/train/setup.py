@@ -35,13 +35,14 @@ import numpy as np
 import torch
 
 from longrl.atomic import write_text_atomic
-from longrl.errors import ConfigError
+from longrl.errors import ConfigError, DataError
 from longrl.train.config import RLConfig, SFTConfig
 
 if TYPE_CHECKING:
     from torch import nn
 
     from longrl.data.dataset import LoadReport
+    from longrl.data.schema import Example
     from longrl.models.base import ModelAdapter
     from longrl.models.embedding_store import EmbeddingStore
     from longrl.parallel.groups import ParallelState
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
+UNREADABLE_VIDEOS = "unreadable_videos"  # rows skipped at run time because their video failed to decode
 FINAL_DIR = "final"
 # What a run of ours writes into its folder; anything else there means the folder is someone else's.
 RUN_FILES = frozenset({CONFIG_FILE, "metrics.jsonl", "checkpoints", FINAL_DIR, SUMMARY_FILE, "tensorboard"})
@@ -132,6 +134,21 @@ class TrainContext:
         self.counts[kind] += 1
         if len(self.problems) < keep:
             self.problems.append(message)
+
+    def skip_unreadable(
+        self, data: TrainData, path: str, label: str = "row"
+    ) -> Callable[[Example, str], None]:
+        """The `on_failed(example, reason)` of a stream of rows read from `path`: with --on-bad-row fail a
+        DataError naming the row, else the row is excluded from `data` for good and counted under
+        UNREADABLE_VIDEOS ("{label} id ...: reason" among the problems)."""
+
+        def on_failed(example: Example, reason: str) -> None:
+            if self.cfg.data.on_bad_row == "fail":
+                raise DataError(f"{path}: row id {example.id!r}: unreadable video: {reason}")
+            data.exclude(example)
+            self.note_problem(UNREADABLE_VIDEOS, f"{label} id {example.id!r}: {reason}")
+
+        return on_failed
 
     def save(self, step: int, extra: dict[str, Any] | None = None) -> Path:
         """Checkpoint after optimizer step `step` (a collective): model, optimizer, scheduler, every rank's
@@ -504,7 +521,7 @@ def finish_run(ctx: TrainContext, final_metrics: dict[str, Any] | None = None) -
         "resumed_from": str(ctx.resumed_from) if ctx.resumed_from else None,
         "data": data_report,
         "bad_rows": ctx.load_report.num_skipped,
-        "unreadable_videos": counts.get("unreadable_videos", 0),
+        UNREADABLE_VIDEOS: counts.get(UNREADABLE_VIDEOS, 0),
         "counts": counts,
         "problems": ctx.problems,
         "config_changes": ctx.config_changes,
